@@ -1,0 +1,47 @@
+// dry_run.cpp: `--dry-run`: the resolved config and this rank's place in the grid.
+#include <cstdio>
+#include <iostream>
+
+#include "cmd/commands.h"
+
+namespace stp {
+
+namespace {
+
+std::string list(const std::vector<int>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+int cmd_dry_run(const Config& cfg, const LaunchEnv& env_in) {
+  LaunchEnv env = env_in;
+  const int need = cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.dp;
+  if (env.launcher == "none" && need > 1) {
+    // No launcher: show the plan as rank 0 of the configured world would see it.
+    std::printf("# no launcher detected: showing rank 0 of the %d ranks the config asks for\n", need);
+    env.world = need;
+    env.local_world = cfg.cluster.gpus_per_node;
+  } else if (auto e = config_validate_world(cfg, env.world)) {
+    std::fprintf(stderr, "error: %s\n", e->to_string().c_str());
+    return 2;
+  }
+  const Topology t = topology_build(cfg.parallel, env);
+  const bool v = cfg.schedule.name == "stp" || cfg.schedule.name == "zb-v" || cfg.schedule.name == "dualpipe-v";
+  std::printf("# config: %s (schedule %s, launcher %s)\n", cfg.source.c_str(), cfg.schedule.name.c_str(),
+              env.launcher.c_str());
+  std::printf("%s\n", t.to_string().c_str());
+  std::printf("local rank %d of %d on this node (node %d)\n", env.local_rank, t.local_world, t.node_of(t.rank));
+  std::printf("tp group %s\npp group %s\ndp group %s\nembedding group %s\n", list(t.tp_group()).c_str(),
+              list(t.pp_group()).c_str(), list(t.dp_group()).c_str(), list(t.embedding_group(v)).c_str());
+  std::printf("pp prev %d, pp next %d\n", t.pp_prev(), t.pp_next());
+  std::vector<std::string> hosts(t.world());
+  hosts[t.rank] = env.host;
+  std::printf("%s", topology_table(t, hosts).c_str());
+  std::printf("%s\n", config_to_json(cfg).c_str());
+  return 0;
+}
+
+}  // namespace stp

@@ -1,0 +1,123 @@
+// desc.h: the model *description*, the one contract between the model, lowering, the simulator and
+// the executor (DESIGN.md: "The model publishes one table of tensors per unit").
+//
+// A virtual stage (one model chunk) is a list of units in forward order:
+//
+//   In            stage 0: vocab-parallel embedding lookup (partial sum over TP, all-reduced);
+//                 other stages: receives the activation (no compute). B: adds the last reduced
+//                 input-gradient into the residual gradient (stage 0: feeds In.W; else: sent).
+//                 W (stage 0 only): token- and position-embedding gradients.
+//   Attn(l),Mlp(l) one per layer. F starts by finishing the residual add of the previous unit's
+//                 reduced partial output, then norm, column-parallel GEMM, ..., row-parallel GEMM,
+//                 and ends with a TP-partial output that is all-reduced *between* units.
+//                 B starts by finishing the residual-gradient add of the previous B unit's reduced
+//                 partial, then runs the input-gradient path *including the norm backward* (the
+//                 norm backward is linear in its output gradient, so it commutes with the TP sum)
+//                 and ends with a TP-partial input gradient that is all-reduced.
+//                 W: GEMM weight gradients, biases, and the norm's weight gradient (a TP-partial
+//                 sum: `ParamDesc::tp_partial_grad`, all-reduced over TP once per step).
+//   Head          last stage: residual add, final norm, vocab-parallel logits, row max (AR max).
+//   Loss          last stage: local sum-exp and target logit (AR sum). No B, no W.
+//                 Head.B: softmax - one-hot, logits input gradient through the final norm (AR sum).
+//   Out           other stages: finishes the last residual add; the result is sent. Its B receives
+//                 the gradient (no compute).
+//
+// Backward order is the reverse of forward order over the units that have a B pass.
+// Tensors: every activation/gradient that outlives the unit pass that produced it is a TensorDesc
+// with its element count, producer and readers. Lowering frees a tensor after its last reader;
+// the simulator charges exactly these bytes; the executor allocates exactly these. Anything a
+// unit needs only while it runs is workspace and not in the table.
+//
+// Shapes use the fixed vocabulary: N = b*T tokens of a micro-batch, C hidden, NH_tp/NKV_tp heads,
+// HD head dim, F_tp ffn, V_tp vocab shard, QKV_tp = (NH_tp + 2*NKV_tp)*HD.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/core/config.h"
+
+namespace stp {
+
+enum class UnitKind : uint8_t { In, Attn, Mlp, Head, Loss, Out };
+enum class UnitPass : uint8_t { F, B, W };
+
+const char* unit_kind_name(UnitKind k);   // "in", "attn", "mlp", "head", "loss", "out"
+const char* unit_pass_name(UnitPass p);   // "F", "B", "W"
+
+enum class CollKind : uint8_t { None, AllReduceSum, AllReduceMax, ReduceScatter, AllGather };
+const char* coll_kind_name(CollKind k);
+
+// A TP collective that follows a unit pass: the op and how many elements it moves per rank.
+struct CollDesc {
+  CollKind kind = CollKind::None;
+  int64_t elems = 0;
+  int tensor = -1;  // the tensor it reduces in place (index into StageDesc::tensors)
+};
+
+struct UnitDesc {
+  UnitKind kind = UnitKind::In;
+  int layer = -1;                 // global layer index for Attn/Mlp, -1 otherwise
+  bool has_f = true, has_b = false, has_w = false;
+  double flops[3] = {0, 0, 0};    // per micro-batch on one TP rank: F, B, W
+  double bytes[3] = {0, 0, 0};    // activation bytes touched (memory-bound part), per pass
+  CollDesc coll[2];               // after F, after B (W never ends in a collective)
+};
+
+struct UnitRef {
+  int unit = 0;                   // index into StageDesc::units
+  UnitPass pass = UnitPass::F;
+  bool operator==(const UnitRef& o) const { return unit == o.unit && pass == o.pass; }
+};
+
+struct TensorDesc {
+  std::string name;               // "attn3.qkv" (unit name + layer + '.' + field)
+  int64_t elems = 0;              // per micro-batch, on one TP rank
+  UnitRef producer;
+  std::vector<UnitRef> readers;   // may be empty: freed right after it is produced (or sent)
+  bool sent = false;              // read by a PP send (Out.F output, In.B output on stage > 0)
+};
+
+// One entry of the sharding table: a parameter of the full model and how TP splits it.
+struct ParamDesc {
+  std::string name;               // our name, e.g. "layers.3.attn.qkv.weight"
+  std::vector<int64_t> shape;     // full (unsharded) shape, row-major, e.g. {QKV, C}
+  int shard_dim = -1;             // dim split over TP (-1 = replicated)
+  bool tp_partial_grad = false;   // replicated, but each TP rank computes a partial gradient
+  int unit = -1;                  // index of the unit (in its stage) whose W computes the gradient
+  int64_t local_elems(int tp) const;
+  int64_t full_elems() const;
+};
+
+struct StageDesc {
+  int stage = 0;                  // virtual stage
+  int first_layer = 0, num_layers = 0;
+  bool first = false, last = false;  // holds the embedding / the head and loss
+  std::vector<UnitDesc> units;       // forward order
+  std::vector<TensorDesc> tensors;
+  std::vector<ParamDesc> params;
+  int64_t pp_elems = 0;              // elements of the activation (and gradient) sent between stages
+
+  std::vector<int> backward_order() const;  // unit indices with a B pass, in backward order
+  int find_tensor(const std::string& field, int unit) const;  // -1 if absent
+};
+
+struct ModelDesc {
+  int tp = 1;
+  int micro_batch_size = 1;
+  int seq_len = 1;
+  std::vector<StageDesc> stages;     // one per virtual stage, pp*chunks
+  double flops_per_token_fwd = 0;    // full model (all TP ranks), forward
+  int64_t total_params = 0;          // full model
+  int64_t tokens_per_microbatch() const { return int64_t(micro_batch_size) * seq_len; }
+};
+
+// Builds the description for a validated config with `chunks` chunks per rank. `layer_split` gives
+// the layers per virtual stage (config_stage_layers).
+ModelDesc model_desc_build(const Config& cfg, int chunks, const std::vector<int>& layer_split);
+
+// Unit name as used in tensor names and traces: "in", "attn3", "mlp3", "head", "loss", "out".
+std::string unit_name(const UnitDesc& u);
+
+}  // namespace stp
