@@ -23,6 +23,7 @@ struct SimulateOptions {
   std::string cost = "flops";   // flops | unit
   std::string trace;            // Chrome trace output file
   std::string svg;              // SVG timeline output file
+  std::string pp_streams = "channel";  // channel (one PP stream per peer and direction) | single
 };
 
 struct ScheduleOptions {

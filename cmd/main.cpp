@@ -47,6 +47,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"flops", "unit"}));
   simulate->add_option("--trace", sim.trace, "write a Chrome trace (Perfetto) of the simulated timeline");
   simulate->add_option("--svg", sim.svg, "write an SVG timeline");
+  simulate->add_option("--pp-streams", sim.pp_streams,
+                       "PP transfers: channel (one stream per peer and direction, as the MPI executor runs) or single "
+                       "(one PP stream per rank, head-of-line blocking)")
+      ->check(CLI::IsMember({"channel", "single"}));
   CLI::App* schedule = app.add_subcommand("schedule", "print or draw the pipeline program of every rank");
   schedule->add_option("--format", sched.format, "text | csv | svg")->check(CLI::IsMember({"text", "csv", "svg"}));
   schedule->add_option("-o,--out", sched.out, "output file (default: stdout)");

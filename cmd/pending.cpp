@@ -6,14 +6,10 @@
 
 namespace stp {
 
-static int unavailable(const char* what) {
+// Unused while every subcommand has landed; kept for the next one that is wired in late.
+[[maybe_unused]] static int unavailable(const char* what) {
   std::fprintf(stderr, "error: '%s' is not available in this build yet\n", what);
   return 1;
 }
-
-int cmd_train(const Config&, const LaunchEnv&, const CommonOptions&) { return unavailable("train"); }
-int cmd_simulate(const Config&, const SimulateOptions&) { return unavailable("simulate"); }
-int cmd_schedule(const Config&, const ScheduleOptions&) { return unavailable("schedule"); }
-int cmd_export(const Config&, const ExportOptions&) { return unavailable("export"); }
 
 }  // namespace stp

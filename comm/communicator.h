@@ -146,6 +146,10 @@ class Communicator {
   // executor calls it between units so an inline-progress backend still overlaps.
   virtual void progress() {}
   virtual CommStats stats() const = 0;
+  // After a timeout: asks every other rank of the world for a sign of life (answered by its
+  // progress engine even while it is blocked) and names those that give none within `wait_s`:
+  // "rank 2 (tp 0, pp 2, dp 0) did not answer ... (hung or dead)". Empty when all answer.
+  virtual std::string diagnose(double wait_s) { return {}; }
   // Prints `message` (naming this rank) and ends every process of the job with `code`.
   [[noreturn]] virtual void abort(const std::string& message, int code) = 0;
   // "rank 3 (tp 1, pp 1, dp 0)" for messages.

@@ -27,6 +27,9 @@ CommCreateResult comm_create_mpi(const MpiSession&, const Topology&, bool, const
 
 #else
 
+// The C API only: Open MPI's C++ bindings would need libmpi_cxx.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
 #include <algorithm>
@@ -81,6 +84,8 @@ struct MpiOp {
   }
 };
 
+constexpr int kPingTag = 1, kPongTag = 2;  // on the communicator used only for liveness pings
+
 // Issues one operation's non-blocking MPI call; returns the MPI error code.
 int mpi_issue(MpiOp& op) {
   const CommOpInfo& in = op.info;
@@ -132,6 +137,14 @@ class MpiEngine {
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
+    stop_responder();
+  }
+  // Answers every PING on `comm` with a PONG, from the progress engine, so that a rank blocked in
+  // a wait still proves it is alive (Communicator::diagnose).
+  void start_responder(MPI_Comm comm) {
+    std::lock_guard<std::mutex> lk(mu_);
+    ping_comm_ = comm;
+    MPI_Irecv(&ping_buf_, 1, MPI_INT, MPI_ANY_SOURCE, kPingTag, ping_comm_, &ping_req_);
   }
   MpiEngine(const MpiEngine&) = delete;
   MpiEngine& operator=(const MpiEngine&) = delete;
@@ -144,10 +157,12 @@ class MpiEngine {
     }
     if (mode_ == CommProgress::Thread) cv_.notify_one();
   }
-  // Inline mode: advance everything now. Thread mode: nothing to do (the thread does it).
+  // Advances everything now. Thread mode: only if the progress thread is not pumping already, so
+  // the caller's calls between units add progress where the thread is starved of a core.
   void progress() {
-    if (mode_ != CommProgress::Inline) return;
-    std::lock_guard<std::mutex> lk(mu_);
+    std::unique_lock<std::mutex> lk(mu_, std::defer_lock);
+    if (mode_ == CommProgress::Inline) lk.lock();
+    else if (!lk.try_lock()) return;
     pump_locked();
   }
   bool busy() {
@@ -160,8 +175,8 @@ class MpiEngine {
     std::unique_lock<std::mutex> lk(mu_);
     while (!stop_) {
       pump_locked();
-      if (queued_.empty() && active_.empty()) {
-        cv_.wait(lk, [&] { return stop_ || !queued_.empty(); });
+      if (queued_.empty() && active_.empty()) {  // idle: still answer pings, every 20 ms
+        cv_.wait_for(lk, std::chrono::milliseconds(20), [&] { return stop_ || !queued_.empty(); });
         continue;
       }
       if (!queued_.empty()) continue;
@@ -172,6 +187,8 @@ class MpiEngine {
   }
   void pump_locked();
   void start_locked(std::shared_ptr<MpiOp> op);
+  void answer_pings_locked();
+  void stop_responder();
 
   const CommProgress mode_;
   const int poll_us_;
@@ -183,8 +200,40 @@ class MpiEngine {
   std::vector<int> idx_;
   std::vector<MPI_Status> sts_;
   bool stop_ = false;
+  MPI_Comm ping_comm_ = MPI_COMM_NULL;
+  MPI_Request ping_req_ = MPI_REQUEST_NULL;
+  int ping_buf_ = 0, pong_val_ = 1;
+  std::vector<MPI_Request> pongs_;
   std::thread thread_;
 };
+
+void MpiEngine::answer_pings_locked() {
+  if (ping_req_ == MPI_REQUEST_NULL) return;
+  for (;;) {
+    int done = 0;
+    MPI_Status st;
+    MPI_Test(&ping_req_, &done, &st);
+    if (!done) break;
+    pongs_.push_back(MPI_REQUEST_NULL);
+    MPI_Isend(&pong_val_, 1, MPI_INT, st.MPI_SOURCE, kPongTag, ping_comm_, &pongs_.back());
+    MPI_Irecv(&ping_buf_, 1, MPI_INT, MPI_ANY_SOURCE, kPingTag, ping_comm_, &ping_req_);
+  }
+  if (!pongs_.empty()) {
+    int all = 0;
+    MPI_Testall(int(pongs_.size()), pongs_.data(), &all, MPI_STATUSES_IGNORE);
+    if (all) pongs_.clear();
+  }
+}
+
+void MpiEngine::stop_responder() {
+  if (ping_req_ != MPI_REQUEST_NULL) {
+    MPI_Cancel(&ping_req_);
+    MPI_Wait(&ping_req_, MPI_STATUS_IGNORE);
+  }
+  for (MPI_Request& r : pongs_)
+    if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+  pongs_.clear();
+}
 
 void MpiEngine::start_locked(std::shared_ptr<MpiOp> op) {
   const int rc = mpi_issue(*op);
@@ -197,6 +246,7 @@ void MpiEngine::start_locked(std::shared_ptr<MpiOp> op) {
 }
 
 void MpiEngine::pump_locked() {
+  answer_pings_locked();
   while (!queued_.empty()) {
     std::shared_ptr<MpiOp> op = std::move(queued_.front());
     queued_.pop_front();
@@ -285,12 +335,14 @@ class MpiCommunicator final : public Communicator {
       std::this_thread::sleep_for(std::chrono::microseconds(500));
     }
     engine_.reset();  // the progress thread stops before its communicators go
+    if (ping_comm_ != MPI_COMM_NULL) MPI_Comm_free(&ping_comm_);
     for (MPI_Comm& c : comms_)
       if (c != MPI_COMM_NULL) MPI_Comm_free(&c);
   }
 
   // Splits the world into this rank's groups; returns an error message.
   std::string build(bool v_placement);
+  std::string diagnose(double wait_s) override;
 
   int world_rank() const override { return topo_.rank; }
   int world_size() const override { return topo_.world(); }
@@ -354,6 +406,8 @@ class MpiCommunicator final : public Communicator {
 
   Topology topo_;
   std::unique_ptr<MpiEngine> engine_;
+  MPI_Comm ping_comm_ = MPI_COMM_NULL;  // liveness pings only (diagnose)
+  int ping_val_ = 1;
   MPI_Comm comms_[kGroupKinds] = {MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL,
                                   MPI_COMM_NULL};
   std::vector<int> members_[kGroupKinds];
@@ -431,7 +485,50 @@ std::string MpiCommunicator::build(bool v_placement) {
              " ranks in MPI but " + std::to_string(m.size()) + " in the topology";
   }
   MPI_Comm_free(&world);
+  rc = MPI_Comm_dup(MPI_COMM_WORLD, &ping_comm_);
+  if (rc != MPI_SUCCESS) return "MPI_Comm_dup failed: " + mpi_error_string(rc);
+  engine_->start_responder(ping_comm_);
   return {};
+}
+
+std::string MpiCommunicator::diagnose(double wait_s) {
+  const int n = topo_.world();
+  std::vector<int> sink(static_cast<size_t>(n), 0);
+  std::vector<std::shared_ptr<MpiOp>> pongs(static_cast<size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    if (r == topo_.rank) continue;
+    for (const bool is_ping : {true, false}) {
+      auto op = std::make_shared<MpiOp>();
+      op->info.kind = is_ping ? CommOpKind::Send : CommOpKind::Recv;
+      op->info.dtype = DType::I32;
+      op->info.count = 1;
+      op->comm = ping_comm_;
+      op->send = &ping_val_;
+      op->recv = &sink[size_t(r)];
+      op->tag = is_ping ? kPingTag : kPongTag;
+      op->peer_rank = r;
+      if (!is_ping) pongs[size_t(r)] = op;
+      engine_->submit(op);
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string silent;
+  for (;;) {
+    engine_->progress();
+    silent.clear();
+    for (int r = 0; r < n; ++r)
+      if (pongs[size_t(r)] && pongs[size_t(r)]->state.load(std::memory_order_acquire) != MpiOp::Done) {
+        const Coord c = topo_.coord_of(r);
+        silent += std::string(silent.empty() ? "" : ", ") + "rank " + std::to_string(r) + " (tp " +
+                  std::to_string(c.tp) + ", pp " + std::to_string(c.pp) + ", dp " + std::to_string(c.dp) + ")";
+      }
+    if (silent.empty()) return {};
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > wait_s) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", wait_s);
+  return silent + " did not answer a liveness ping within " + buf + " s: hung or dead";
 }
 
 }  // namespace

@@ -14,12 +14,12 @@ std::vector<Step> gen_1f1b(int pp, int rank, int microbatches, int chunks) {
   gen::RankBuilder b(rank, pp * chunks);
   const int warm_up = std::min(pp - rank - 1, microbatches);
   const int steady = microbatches - warm_up;
-  for (int i = 0; i < warm_up; ++i) b.add(b.f(rank));
-  for (int i = 0; i < steady; ++i) {
+  for (int i = 0; i < warm_up; ++i) b.add(b.f(rank));  // warm-up: fill the pipeline
+  for (int i = 0; i < steady; ++i) {                    // steady: one forward, one backward
     b.add(b.f(rank));
     b.add(b.bw(rank));
   }
-  for (int i = 0; i < warm_up; ++i) b.add(b.bw(rank));
+  for (int i = 0; i < warm_up; ++i) b.add(b.bw(rank));  // cool-down: drain the backwards
   return b.take();
 }
 

@@ -5,7 +5,7 @@
 // first, so r W's are left for the end: the last rank finishes its B's P-1 W's earlier and the
 // cool-down bubble of the earlier ranks fills with W. In-flight activations are 1F1B's (P-r on
 // rank r). This is torch.distributed.pipelining's ScheduleInterleavedZeroBubble with one stage per
-// rank. With unit costs (F = B = W = 1) the makespan is 3M + P - 1.
+// rank. With unit costs (F = B = W = 1) the makespan is 3M + P - 1 once M >= P.
 #include <algorithm>
 
 #include "scheduler/gen_common.h"

@@ -127,8 +127,9 @@ struct StageBuilder {
     s.units[unit].coll[p == UnitPass::F ? 0 : 1] = CollDesc{k, elems, tensor};
   }
   void param(const std::string& name, std::vector<int64_t> shape, int shard_dim, bool tp_partial,
-             int unit) {
+             int unit, std::vector<int64_t> segments = {}) {
     ParamDesc p;
+    p.segments = std::move(segments);
     p.name = name;
     p.shape = std::move(shape);
     p.shard_dim = shard_dim;
@@ -204,8 +205,13 @@ ModelDesc model_desc_build(const Config& cfg, int chunks, const std::vector<int>
       const int adx = sb.tensor(a, B, "dx", d.N * d.C, {});
       sb.coll(a, B, CollKind::AllReduceSum, d.N * d.C, adx, tp);
       add_norm_params(sb, lp + ".attn_norm", d, a);
-      sb.param(lp + ".attn.qkv.weight", {int64_t(m.heads + 2 * m.kv()) * d.HD, d.C}, 0, false, a);
-      if (d.qkv_bias) sb.param(lp + ".attn.qkv.bias", {int64_t(m.heads + 2 * m.kv()) * d.HD}, 0, false, a);
+      const std::vector<int64_t> qkv_parts = {int64_t(m.heads) * d.HD, int64_t(m.kv()) * d.HD,
+                                              int64_t(m.kv()) * d.HD};
+      sb.param(lp + ".attn.qkv.weight", {int64_t(m.heads + 2 * m.kv()) * d.HD, d.C}, 0, false, a,
+               qkv_parts);
+      if (d.qkv_bias)
+        sb.param(lp + ".attn.qkv.bias", {int64_t(m.heads + 2 * m.kv()) * d.HD}, 0, false, a,
+                 qkv_parts);
       sb.param(lp + ".attn.out.weight", {d.C, int64_t(m.heads) * d.HD}, 1, false, a);
       if (d.bias) sb.param(lp + ".attn.out.bias", {d.C}, -1, false, a);
       {
@@ -236,8 +242,13 @@ ModelDesc model_desc_build(const Config& cfg, int chunks, const std::vector<int>
       const int mdx = sb.tensor(mm, B, "dx", d.N * d.C, {{a, B}});
       sb.coll(mm, B, CollKind::AllReduceSum, d.N * d.C, mdx, tp);
       add_norm_params(sb, lp + ".mlp_norm", d, mm);
-      sb.param(lp + ".mlp.fc1.weight", {int64_t(d.swiglu ? 2 : 1) * m.ffn(), d.C}, 0, false, mm);
-      if (d.bias) sb.param(lp + ".mlp.fc1.bias", {int64_t(d.swiglu ? 2 : 1) * m.ffn()}, 0, false, mm);
+      const std::vector<int64_t> fc1_parts =
+          d.swiglu ? std::vector<int64_t>{int64_t(m.ffn()), int64_t(m.ffn())} : std::vector<int64_t>{};
+      sb.param(lp + ".mlp.fc1.weight", {int64_t(d.swiglu ? 2 : 1) * m.ffn(), d.C}, 0, false, mm,
+               fc1_parts);
+      if (d.bias)
+        sb.param(lp + ".mlp.fc1.bias", {int64_t(d.swiglu ? 2 : 1) * m.ffn()}, 0, false, mm,
+                 fc1_parts);
       sb.param(lp + ".mlp.fc2.weight", {d.C, int64_t(m.ffn())}, 1, false, mm);
       if (d.bias) sb.param(lp + ".mlp.fc2.bias", {d.C}, -1, false, mm);
       {

@@ -86,6 +86,10 @@ struct ParamDesc {
   int shard_dim = -1;             // dim split over TP (-1 = replicated)
   bool tp_partial_grad = false;   // replicated, but each TP rank computes a partial gradient
   int unit = -1;                  // index of the unit (in its stage) whose W computes the gradient
+  // Fused tensors (qkv = [Q; K; V], SwiGLU fc1 = [gate; up]) are concatenations along shard_dim
+  // whose parts are split over TP separately: TP rank r holds part k's r-th slice of each part, in
+  // part order (so its local qkv is [Q_r; K_r; V_r]). Sizes along shard_dim; empty = one part.
+  std::vector<int64_t> segments;
   int64_t local_elems(int tp) const;
   int64_t full_elems() const;
 };

@@ -46,7 +46,6 @@ int schedule_default_chunks(const std::string& name) {
 int schedule_min_microbatches(const std::string& name, int pp, int chunks) {
   if (name == "stp") return 3 * pp - 1;
   if (name == "dualpipe-v") return 2 * pp;
-  if (name == "zb-v") return pp;
   if (name == "1f1b-i") return pp;
   return 1;
 }
@@ -493,6 +492,8 @@ std::optional<ConfigError> validate(const Config& c, const Origins& origins) {
                                               str(s.microbatches) + " % " + str(p.pp) + " = " + str(s.microbatches % p.pp));
   } else if (s.file.empty()) {
     return err("schedule.file", "schedule.name is 'csv', so schedule.file must name the per-rank CSV to run");
+  } else if (p.chunks == 0) {
+    return err("parallel.chunks", "schedule.name is 'csv': set parallel.chunks to the chunks per rank the CSV uses");
   }
 
   if (c.data.kind == "tokens" && c.data.path.empty())

@@ -78,7 +78,7 @@ TEST_CASE("a valid config loads with defaults and derived values", "[config]") {
   CHECK(c.train.deterministic);
 }
 
-TEST_CASE("--set overrides any key, with types checked", "[config]") {
+TEST_CASE("a --set override replaces any key, with types checked", "[config]") {
   auto r = config_load_string(base_yaml(), "t.yaml", {"schedule.name=zb-v", "train.lr=0.5", "parallel.stage_layers=[2,1,0,1]"});
   REQUIRE_FALSE(r.ok());  // a stage with 0 layers is rejected
   CHECK(r.error->key == "parallel.stage_layers");

@@ -117,6 +117,15 @@ Gemm::Plan& Gemm::plan_for(const GemmKey& k) {
 void Gemm::run(const GemmKey& key0, const Ptrs& ptr, cudaStream_t s) {
   GemmKey key = key0;
   key.align = common_alignment({ptr.a, ptr.b, ptr.d});
+  // The bias and aux pointers live on the cached descriptor: without this check a call missing
+  // one would silently read or write the previous call's buffer.
+  const GemmEpilogue e = key.epilogue;
+  const bool needs_bias = e == GemmEpilogue::Bias || e == GemmEpilogue::GeluBias;
+  const bool needs_aux = e == GemmEpilogue::Gelu || e == GemmEpilogue::GeluBias || e == GemmEpilogue::DGelu;
+  if (needs_bias != (ptr.bias != nullptr) || needs_aux != (ptr.aux != nullptr))
+    check_fail("cuBLASLt", needs_aux && !ptr.aux ? "epilogue needs the aux (pre-activation) pointer"
+                                                 : "epilogue and bias/aux pointers disagree",
+               0, key_string(key).c_str(), __FILE__, __LINE__);
   Plan& p = plan_for(key);
   if (ptr.bias)
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr.bias,

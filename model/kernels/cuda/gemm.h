@@ -20,7 +20,13 @@
 //
 // A Gemm owns its cuBLASLt handle and a workspace; the heuristic's algorithm choice is cached per
 // (shape, layout, epilogue) key, so a training step asks the heuristic once per distinct GEMM.
-// Errors (no algorithm for a shape, a bad pointer alignment) throw CudaError naming the shape.
+// Invariant of the cache: everything a Plan holds (operation, layouts, algorithm) is a function of
+// GemmKey alone, so two calls share a plan only if they are the same column-major GEMM (e.g.
+// matmul_bf16 (M, N, K) and linear_backward_input (N=M, C=N, OC=K) do, correctly). The per-call
+// pointers (bias, GELU aux) are written onto the cached plan by every call whose epilogue reads
+// them, and a call that lacks one is refused, so no call runs with another call's pointer.
+// Errors (no algorithm for a shape, a bad pointer alignment, a missing epilogue pointer) throw
+// CudaError naming the shape.
 #pragma once
 
 #include <cstdint>

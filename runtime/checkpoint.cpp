@@ -1,0 +1,153 @@
+// checkpoint.cpp: checkpoint directories and the manifest (contract in checkpoint.h).
+#include "runtime/checkpoint.h"
+
+#include "model/safetensors.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace stp {
+
+namespace fs = std::filesystem;
+
+std::string checkpoint_step_dir(const std::string& root, int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
+  return (fs::path(root) / buf).string();
+}
+
+std::string checkpoint_shard_name(int global_rank) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "rank_%05d.safetensors", global_rank);
+  return buf;
+}
+
+nlohmann::json checkpoint_compat(const Config& cfg, int chunks, const std::string& placement) {
+  const ModelConfig& m = cfg.model;
+  nlohmann::json model = {{"arch", m.arch},       {"layers", m.layers},         {"hidden", m.hidden},
+                          {"heads", m.heads},     {"kv_heads", m.kv()},         {"ffn_hidden", m.ffn()},
+                          {"vocab", m.vocab},     {"seq_len", m.seq_len},       {"norm", m.norm},
+                          {"activation", m.activation}, {"position", m.position}, {"qkv_bias", m.qkv_bias},
+                          {"bias", m.bias},       {"tie_embeddings", m.tie_embeddings}};
+  nlohmann::json parallel = {{"tp", cfg.parallel.tp},
+                             {"pp", cfg.parallel.pp},
+                             {"dp", cfg.parallel.dp},
+                             {"chunks", chunks},
+                             {"placement", placement},
+                             {"stage_layers", config_stage_layers(cfg)}};
+  return {{"model", model}, {"parallel", parallel}};
+}
+
+nlohmann::json checkpoint_manifest(const Config& cfg, int chunks, const std::string& placement,
+                                   int64_t step, int64_t next_sequence, int world) {
+  nlohmann::json shards = nlohmann::json::array();
+  for (int r = 0; r < world; ++r) shards.push_back(checkpoint_shard_name(r));
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(config_to_json(cfg));
+  } catch (const std::exception&) {
+    config = nullptr;  // informational only
+  }
+  return {{"format", "stp-checkpoint-1"},
+          {"step", step},
+          {"next_step", step + 1},
+          {"data",
+           {{"kind", cfg.data.kind},
+            {"path", cfg.data.path},
+            {"dtype", cfg.data.dtype},
+            {"shuffle", cfg.data.shuffle},
+            {"seed", cfg.data.seed},
+            {"next_sequence", next_sequence}}},
+          {"rng", {{"train.seed", cfg.train.seed}, {"data.seed", cfg.data.seed}}},
+          {"grid", {{"schedule", cfg.schedule.name}, {"world", world}}},
+          {"compat", checkpoint_compat(cfg, chunks, placement)},
+          {"config", config},
+          {"shards", shards}};
+}
+
+std::optional<int64_t> checkpoint_latest(const std::string& root) {
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return std::nullopt;
+  std::optional<int64_t> best;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step_", 0) != 0 || !fs::exists(e.path() / "manifest.json", ec)) continue;
+    char* end = nullptr;
+    const long long s = std::strtoll(name.c_str() + 5, &end, 10);
+    if (*end != '\0' || s < 0) continue;
+    if (!best || s > *best) best = s;
+  }
+  return best;
+}
+
+namespace {
+
+// The first path where a and b differ ("model.hidden is 32 there, 16 here"), or "".
+std::string first_difference(const nlohmann::json& there, const nlohmann::json& here, const std::string& path) {
+  if (there.is_object() && here.is_object()) {
+    for (auto it = here.begin(); it != here.end(); ++it) {
+      const std::string p = path.empty() ? it.key() : path + "." + it.key();
+      if (!there.contains(it.key())) return p + " is missing there, " + it.value().dump() + " here";
+      std::string d = first_difference(there[it.key()], it.value(), p);
+      if (!d.empty()) return d;
+    }
+    return {};
+  }
+  if (there != here) return path + " is " + there.dump() + " there, " + here.dump() + " here";
+  return {};
+}
+
+}  // namespace
+
+ManifestResult checkpoint_read_manifest(const std::string& root, int64_t step,
+                                        const nlohmann::json& compat) {
+  ManifestResult r;
+  const std::string path = (fs::path(checkpoint_step_dir(root, step)) / "manifest.json").string();
+  std::ifstream in(path);
+  if (!in) {
+    r.error = "checkpoint manifest '" + path + "' cannot be read";
+    return r;
+  }
+  try {
+    std::stringstream ss;
+    ss << in.rdbuf();
+    r.manifest = nlohmann::json::parse(ss.str());
+  } catch (const std::exception& e) {
+    r.error = "checkpoint manifest '" + path + "' is not valid JSON: " + e.what();
+    return r;
+  }
+  if (r.manifest.value("format", "") != "stp-checkpoint-1" || !r.manifest.contains("compat")) {
+    r.error = "'" + path + "' is not an stp-train checkpoint manifest (format stp-checkpoint-1)";
+    return r;
+  }
+  const std::string d = first_difference(r.manifest["compat"], compat, "");
+  if (!d.empty())
+    r.error = "checkpoint '" + checkpoint_step_dir(root, step) +
+              "' was written by another configuration: " + d +
+              " (resume needs the same model and parallel layout)";
+  return r;
+}
+
+std::string checkpoint_write_shard(const std::string& path, const ShardMap& tensors) {
+  std::vector<StTensorIn> in;
+  in.reserve(tensors.size());
+  for (const auto& kv : tensors) in.push_back(StTensorIn{kv.first, kv.second.shape, kv.second.data.data(), StDtype::F32});
+  return safetensors_write(path, in, {{"format", "stp-checkpoint-shard-1"}});
+}
+
+std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors) {
+  SafetensorsFile f;
+  std::string err = SafetensorsFile::open(path, &f);
+  if (!err.empty()) return err;
+  for (const auto& kv : f.entries()) {
+    ShardTensor t;
+    err = f.read_f32(kv.first, &t.shape, &t.data);
+    if (!err.empty()) return err;
+    (*tensors)[kv.first] = std::move(t);
+  }
+  return {};
+}
+
+}  // namespace stp

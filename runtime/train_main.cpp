@@ -1,0 +1,208 @@
+// train_main.cpp: the `stp-train train` run around the Trainer: communicator set-up, agreement on
+// set-up errors, the step loop, metrics.jsonl + log lines (rank 0), Chrome traces, checkpoints and
+// fault handling (contract in trainer.h).
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+
+#include "comm/mpi_comm.h"
+#include "comm/self_comm.h"
+#include "runtime/core/metrics.h"
+#include "runtime/trace.h"
+#include "runtime/trainer.h"
+#include "scheduler/schedules.h"
+
+namespace stp {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int64_t kTraceSteps = 4;  // output.trace records the first steps (a few MB per rank)
+
+// Ends the job from a fault that may leave other ranks waiting: names the ranks that do not
+// answer a liveness ping (hung or dead) after the message, then MPI_Abort.
+[[noreturn]] void abort_job(Communicator& comm, const std::string& message, double timeout_s) {
+  const std::string silent = comm.diagnose(std::min(2.0, timeout_s));
+  comm.abort(silent.empty() ? message : message + "; " + silent, 1);
+  std::_Exit(1);  // not reached: abort() ends the process
+}
+
+// Every rank learns whether every rank succeeded; a failing rank has printed its own message.
+bool agree(Communicator& comm, const std::string& my_error, double timeout_s) {
+  if (!my_error.empty()) spdlog::error("{}: {}", comm.whoami(), my_error);
+  int32_t bad = my_error.empty() ? 0 : 1;
+  CommHandle h = comm.all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max);
+  CommStatus st = h.wait(timeout_s);
+  if (!st.ok()) abort_job(comm, "set-up: " + st.error, timeout_s);
+  return bad == 0;
+}
+
+double mean_of(const std::vector<RankStepStats>& r, double RankStepStats::*f) {
+  double s = 0;
+  for (const RankStepStats& x : r) s += x.*f;
+  return r.empty() ? 0 : s / double(r.size());
+}
+
+nlohmann::json step_json(const StepReport& r, const Config& cfg, const ModelDesc& desc, int world) {
+  nlohmann::json per_rank_mem = nlohmann::json::array(), per_rank_act = nlohmann::json::array(),
+                 per_rank_exp = nlohmann::json::array();
+  double peak = 0;
+  for (const RankStepStats& x : r.ranks) {
+    per_rank_mem.push_back(int64_t(x.peak_mem_bytes));
+    per_rank_act.push_back(int64_t(x.act_peak_bytes));
+    per_rank_exp.push_back(x.exposed_comm_s);
+    peak = std::max(peak, x.peak_mem_bytes);
+  }
+  const double tps = double(r.tokens) / r.step_time_s;
+  const double tflops = 3.0 * desc.flops_per_token_fwd * tps / world / 1e12;
+  return {{"step", r.step},
+          {"loss", r.loss},
+          {"lr", r.lr},
+          {"grad_norm", r.grad_norm},
+          {"clip_scale", r.clip_scale},
+          {"tokens", r.tokens},
+          {"step_time_s", r.step_time_s},
+          {"tokens_per_s", tps},
+          {"tflops_per_gpu", tflops},
+          {"mfu", tflops / cfg.cluster.gpu.peak_tflops},
+          {"peak_mem_bytes", int64_t(peak)},
+          {"peak_mem_bytes_per_rank", per_rank_mem},
+          {"act_peak_bytes_per_rank", per_rank_act},
+          {"exposed_comm_s", mean_of(r.ranks, &RankStepStats::exposed_comm_s)},
+          {"exposed_comm_s_per_rank", per_rank_exp},
+          {"exposed_tp_s", mean_of(r.ranks, &RankStepStats::exposed_tp_s)},
+          {"exposed_pp_s", mean_of(r.ranks, &RankStepStats::exposed_pp_s)},
+          {"exposed_dp_s", mean_of(r.ranks, &RankStepStats::exposed_dp_s)}};
+}
+
+void log_step(const nlohmann::json& j, int steps) {
+  spdlog::info("step {}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | {:.4f} TFLOPS/GPU | "
+               "MFU {:.2f}% | peak mem {:.2f} MiB | exposed comm {:.2f} ms",
+               j["step"].get<int64_t>(), steps, j["loss"].get<double>(), j["lr"].get<double>(),
+               j["grad_norm"].get<double>(), j["tokens_per_s"].get<double>(),
+               j["tflops_per_gpu"].get<double>(), 100.0 * j["mfu"].get<double>(),
+               j["peak_mem_bytes"].get<double>() / 1048576.0, 1e3 * j["exposed_comm_s"].get<double>());
+}
+
+// What rank 0 accumulates for the summary object.
+struct RunTotals {
+  int steps = 0;
+  double first_loss = NAN, last_loss = NAN, time_s = 0, tokens = 0, exposed_s = 0, tflops = 0;
+  int64_t peak_mem = 0;
+  void add(const nlohmann::json& j) {
+    if (steps++ == 0) first_loss = j["loss"];
+    last_loss = j["loss"];
+    time_s += j["step_time_s"].get<double>();
+    tokens += j["tokens"].get<double>();
+    exposed_s += j["exposed_comm_s"].get<double>();
+    tflops += j["tflops_per_gpu"].get<double>();
+    peak_mem = std::max(peak_mem, j["peak_mem_bytes"].get<int64_t>());
+  }
+};
+
+nlohmann::json summary_json(const RunTotals& t, const Config& cfg, const std::string& stopped) {
+  const double n = std::max(1, t.steps);
+  return {{"summary", true},
+          {"schedule", cfg.schedule.name},
+          {"tp", cfg.parallel.tp}, {"pp", cfg.parallel.pp}, {"dp", cfg.parallel.dp},
+          {"steps", t.steps},
+          {"first_loss", t.first_loss},
+          {"final_loss", t.last_loss},
+          {"train_time_s", t.time_s},
+          {"tokens_per_s", t.time_s > 0 ? t.tokens / t.time_s : 0.0},
+          {"tflops_per_gpu", t.tflops / n},
+          {"mfu", t.tflops / n / cfg.cluster.gpu.peak_tflops},
+          {"peak_mem_bytes", t.peak_mem},
+          {"exposed_comm_s_per_step", t.exposed_s / n},
+          {"stopped", stopped.empty() ? nlohmann::json(nullptr) : nlohmann::json(stopped)}};
+}
+
+}  // namespace
+
+// Runs the steps; returns the exit code. Aborts the job on a fault that may leave ranks hanging.
+static int train_loop(Trainer& tr, const Config& cfg, Communicator& comm) {
+  const bool lead = comm.world_rank() == 0;
+  MetricsWriter metrics;
+  if (lead && cfg.output.metrics) {
+    const std::string err = metrics.open(cfg.output.dir, tr.next_step() > 1);
+    if (!err.empty()) spdlog::warn("metrics: {}", err);
+  }
+  std::unique_ptr<ExecTrace> trace;
+  if (cfg.output.trace) trace = std::make_unique<ExecTrace>(comm.world_rank(), comm.whoami());
+  const Clock::time_point t0 = Clock::now();
+  RunTotals totals;
+  std::string stopped;
+  int code = 0;
+  while (tr.next_step() <= cfg.train.steps) {
+    StepReport r;
+    bool fatal = false;
+    std::string err = tr.step(&r, &fatal);
+    if (!err.empty() && fatal) abort_job(comm, err, cfg.train.timeout_s);
+    if (!err.empty()) {
+      if (lead) spdlog::error("{}", err);
+      stopped = err;
+      code = 1;
+      break;
+    }
+    if (trace && r.step <= kTraceSteps)
+      trace->add_iteration(int(r.step), std::chrono::duration<double>(tr.last_exec_start() - t0).count(),
+                           tr.rank_program(), tr.last_exec(), tr.desc());
+    const nlohmann::json j = step_json(r, cfg, tr.desc(), comm.world_size());
+    if (lead) {
+      totals.add(j);
+      log_step(j, cfg.train.steps);
+      if (metrics.is_open()) metrics.write(j);
+    }
+    const int every = cfg.output.checkpoint.every;
+    const bool last = r.step == cfg.train.steps;
+    if (!cfg.output.checkpoint.dir.empty() && ((every > 0 && r.step % every == 0) || (last && (every <= 0 || r.step % every)))) {
+      err = tr.save_checkpoint();
+      if (!err.empty()) abort_job(comm, err, cfg.train.timeout_s);
+      if (lead) spdlog::info("checkpoint: step {} written to {}", r.step, cfg.output.checkpoint.dir);
+    }
+  }
+  if (lead && metrics.is_open()) metrics.write(summary_json(totals, cfg, stopped));
+  if (trace) {
+    const std::string err = trace->write(cfg.output.dir);
+    if (!err.empty()) spdlog::warn("trace: {}", err);
+  }
+  return code;
+}
+
+int train_main(const Config& cfg, const LaunchEnv& env) {
+  if (auto e = config_validate_world(cfg, env.world)) {
+    spdlog::error("{}", e->to_string());
+    return 2;
+  }
+  const Topology topo = topology_build(cfg.parallel, env);
+  const bool v = pipeline_placement(cfg.schedule.name) == Placement::V;
+  std::unique_ptr<MpiSession> session;  // declared before the communicator: finalised after it
+  std::unique_ptr<Communicator> comm;
+  if (env.world > 1) {
+    MpiSession::Result s = MpiSession::start(nullptr, nullptr);
+    if (!s.session) {
+      spdlog::error("{}", s.error);
+      return 2;
+    }
+    session = std::move(s.session);
+    CommCreateResult c = comm_create_mpi(*session, topo, v);
+    if (!c.comm) {
+      spdlog::error("communicator: {}", c.error);
+      return 2;
+    }
+    comm = std::move(c.comm);
+  } else {
+    comm = comm_create_self();
+  }
+  if (topo.rank == 0) spdlog::info("{}", topo.to_string());
+  Trainer::Result tr = Trainer::create(cfg, topo, *comm);
+  if (!agree(*comm, tr.error, cfg.train.timeout_s)) return 2;
+  if (!agree(*comm, tr.trainer->resume(), cfg.train.timeout_s)) return 2;
+  if (topo.rank == 0 && tr.trainer->next_step() > 1)
+    spdlog::info("resumed from {} at step {}", cfg.output.checkpoint.dir, tr.trainer->next_step());
+  return train_loop(*tr.trainer, cfg, *comm);
+}
+
+}  // namespace stp

@@ -1,0 +1,207 @@
+// trainer.cpp: one training step and its pieces (contract in trainer.h); train_main is in
+// train_main.cpp.
+#include "runtime/trainer.h"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "model/kernels/cpu/kernels.h"
+#include "runtime/checkpoint.h"
+#include "runtime/optimizer.h"
+#include "scheduler/schedules.h"
+
+namespace stp {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double peak_rss_bytes() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) * 1024.0;
+}
+
+constexpr int kStats = 9;  // doubles per rank in RankStepStats
+
+}  // namespace
+
+Trainer::~Trainer() = default;
+
+std::string Trainer::placement_name() const {
+  return prog_.pipeline.placement == Placement::V ? "v" : "looped";
+}
+
+Trainer::Result Trainer::create(const Config& cfg, const Topology& topo, Communicator& comm) {
+  std::unique_ptr<Trainer> t(new Trainer(cfg, topo, comm));
+  std::string err = t->build();
+  if (!err.empty()) return {nullptr, err};
+  return {std::move(t), ""};
+}
+
+std::string Trainer::build() {
+  const std::string& name = cfg_.schedule.name;
+  const int pp = cfg_.parallel.pp, M = cfg_.schedule.microbatches;
+  chunks_ = cfg_.parallel.chunks > 0 ? cfg_.parallel.chunks : pipeline_default_chunks(name);
+  cfg_.parallel.chunks = chunks_;
+  if (auto bad = pipeline_check_args(name, pp, M, chunks_)) return "schedule: " + *bad;
+  desc_ = model_desc_build(cfg_, chunks_, config_stage_layers(cfg_));
+  LowerOptions lo;
+  lo.dp = cfg_.parallel.dp;
+  LowerResult lr = lower(pipeline_generate(name, pp, M, chunks_), desc_, lo);
+  if (!lr.ok()) return "schedule " + name + ": " + lr.error;
+  prog_ = std::move(*lr.program);
+  model_ = std::make_unique<RankModel>(cfg_, desc_, prog_.pipeline, topo_.me.pp, topo_.me.tp);
+  store_ = std::make_unique<TensorStore>(desc_);
+  exec_ = std::make_unique<Executor>(desc_, prog_.pipeline, topo_.me.pp, comm_,
+                                     ExecOptions{cfg_.train.timeout_s, true});
+  norm_plan_ = std::make_unique<GradNormPlan>(desc_, topo_);
+  if (model_->holds_first() || model_->holds_last()) {
+    DataShape shape{cfg_.model.seq_len, cfg_.schedule.micro_batch_size, M, cfg_.parallel.dp,
+                    cfg_.model.vocab};
+    DataLoader::Result d = DataLoader::open(cfg_.data, shape);
+    if (!d.loader) return d.error;
+    data_ = std::move(d.loader);
+  }
+  return {};
+}
+
+std::string Trainer::load_batches(int64_t step) {
+  if (!data_) return {};
+  const int T = cfg_.model.seq_len, b = cfg_.schedule.micro_batch_size;
+  std::vector<int32_t> scratch(size_t(b) * T);
+  for (int m = 0; m < cfg_.schedule.microbatches; ++m) {
+    int32_t* in = model_->holds_first() ? model_->inputs(m) : scratch.data();
+    int32_t* tg = model_->holds_last() ? model_->targets(m) : scratch.data();
+    std::string err = data_->load(step, topo_.me.dp, m, in, tg);
+    if (!err.empty()) return "step " + std::to_string(step) + ": " + err;
+  }
+  return {};
+}
+
+std::string Trainer::sync_tied() {
+  model_->sync_tied_local();
+  Param<float>* e = model_->tied_embedding();
+  if (!e || comm_.size(GroupKind::Embed) < 2) return {};
+  CommHandle h = comm_.all_reduce(GroupKind::Embed, e->grad.data(), e->grad.data(), e->size(),
+                                  DType::F32, ReduceOp::Sum);
+  CommStatus st = h.wait(cfg_.train.timeout_s);
+  return st.ok() ? std::string() : "tied embedding gradient: " + st.error;
+}
+
+// Mean token loss: micro-batch sums in (dp, mb) slots, filled by the last stage's TP rank 0.
+double Trainer::step_loss(std::string* error) {
+  const int M = cfg_.schedule.microbatches, dp = cfg_.parallel.dp;
+  std::vector<double> slots(size_t(dp) * M, 0.0);
+  if (model_->holds_last() && topo_.me.tp == 0)
+    for (int m = 0; m < M; ++m) slots[size_t(topo_.me.dp) * M + m] = model_->loss_sum(m);
+  CommHandle h = comm_.all_reduce(GroupKind::World, slots.data(), slots.data(), int64_t(slots.size()),
+                                  DType::F64, ReduceOp::Sum);
+  CommStatus st = h.wait(cfg_.train.timeout_s);
+  if (!st.ok()) {
+    *error = "loss: " + st.error;
+    return 0;
+  }
+  double sum = 0;
+  for (double x : slots) sum += x;
+  const double tokens = double(dp) * M * cfg_.schedule.micro_batch_size * cfg_.model.seq_len;
+  return sum / tokens;
+}
+
+double Trainer::grad_norm(std::string* error) {
+  std::vector<double> local(size_t(norm_plan_->vector_size()), 0.0);
+  for (const LocalParam& lp : model_->local_params())
+    if (norm_plan_->contributes(lp.stage, lp.index))
+      local[size_t(norm_plan_->index(lp.stage, lp.index))] = cpu::grad_sq_norm(lp.p->grad.data(), lp.p->size());
+  return norm_plan_->reduce(comm_, local, cfg_.train.timeout_s, error);
+}
+
+void Trainer::update(int64_t step, float scale) {
+  for (LocalParam& lp : model_->local_params()) {
+    const AdamWHyper h = adamw_hyper(cfg_.train, step, lp.decay);
+    cpu::adamw_update(lp.p->value.data(), lp.p->grad.data(), lp.m.data(), lp.v.data(), lp.p->size(),
+                      h, scale);
+  }
+}
+
+std::string Trainer::gather_stats(StepReport* r) {
+  const double state = double(model_->local_elems()) * 16.0;
+  const double mine[kStats] = {state + double(last_exec_.peak_act_bytes) + double(model_->side_buffer_peak_bytes()),
+                               double(last_exec_.peak_act_bytes), double(model_->side_buffer_peak_bytes()),
+                               last_exec_.exposed_comm_s, last_exec_.exposed_tp_s, last_exec_.exposed_pp_s,
+                               last_exec_.exposed_dp_s, last_exec_.compute_s, peak_rss_bytes()};
+  std::vector<double> all(size_t(kStats) * comm_.world_size());
+  CommHandle h = comm_.all_gather(GroupKind::World, mine, all.data(), kStats, DType::F64);
+  CommStatus st = h.wait(cfg_.train.timeout_s);
+  if (!st.ok()) return "step statistics: " + st.error;
+  r->ranks.resize(size_t(comm_.world_size()));
+  for (size_t k = 0; k < r->ranks.size(); ++k) {
+    const double* x = all.data() + k * kStats;
+    r->ranks[k] = RankStepStats{x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8]};
+  }
+  return {};
+}
+
+std::string Trainer::step(StepReport* r, bool* fatal) {
+  const Clock::time_point t0 = Clock::now();
+  const int64_t s = next_step_;
+  *fatal = true;
+  *r = StepReport{};
+  r->step = s;
+  r->tokens = int64_t(cfg_.parallel.dp) * cfg_.schedule.microbatches * cfg_.schedule.micro_batch_size *
+              cfg_.model.seq_len;
+  std::string err = load_batches(s);
+  if (!err.empty()) return err;
+  model_->begin_step(float(1.0 / double(r->tokens)));
+  last_exec_start_ = Clock::now();
+  last_exec_ = exec_->run(rank_program(), *model_, *store_);
+  if (!last_exec_.ok()) return "step " + std::to_string(s) + ": " + last_exec_.error;
+  if (!(err = model_->end_step()).empty() || !(err = sync_tied()).empty()) return err;
+  r->grad_norm = grad_norm(&err);
+  if (err.empty()) r->loss = step_loss(&err);
+  if (!err.empty()) return "step " + std::to_string(s) + ": " + err;
+  if (!std::isfinite(r->loss) || !std::isfinite(r->grad_norm)) {
+    *fatal = false;  // every rank sees the same loss and norm
+    return "step " + std::to_string(s) + ": the " + (std::isfinite(r->loss) ? "gradient norm" : "loss") +
+           " is " + std::to_string(std::isfinite(r->loss) ? r->grad_norm : r->loss) +
+           " (not finite); stopping before the update, the last checkpoint is untouched";
+  }
+  const double clip = cfg_.train.grad_clip;
+  r->clip_scale = clip > 0 ? std::min(1.0, clip / (r->grad_norm + 1e-6)) : 1.0;
+  r->lr = lr_at(cfg_.train, s);
+  update(s, float(r->clip_scale));
+  if (!(err = gather_stats(r)).empty()) return err;
+  r->step_time_s = since(t0);
+  next_step_ = s + 1;
+  return {};
+}
+
+FullState Trainer::gather_full(bool grad, std::string* error) {
+  FullState out;
+  for (const GradNormSlot& slot : norm_plan_->slots()) {
+    const ParamDesc& d = desc_.stages[size_t(slot.stage)].params[size_t(slot.param)];
+    FullTensor f;
+    f.shape = d.shape;
+    f.data.assign(size_t(d.full_elems()), 0.0f);
+    if (model_->holds_stage(slot.stage) && topo_.me.dp == 0 && (d.shard_dim >= 0 || topo_.me.tp == 0)) {
+      const Param<float>& p = model_->params(slot.stage).all()[size_t(slot.param)];
+      const std::vector<float>& src = grad ? p.grad : p.value;
+      for (int64_t j = 0; j < p.size(); ++j)
+        f.data[size_t(param_local_to_full(d, topo_.TP, topo_.me.tp, j))] = src[size_t(j)];
+    }
+    CommHandle h = comm_.all_reduce(GroupKind::World, f.data.data(), f.data.data(),
+                                    int64_t(f.data.size()), DType::F32, ReduceOp::Sum);
+    CommStatus st = h.wait(cfg_.train.timeout_s);
+    if (!st.ok()) {
+      *error = "gather " + slot.name + ": " + st.error;
+      return out;
+    }
+    out[slot.name] = std::move(f);
+  }
+  return out;
+}
+
+}  // namespace stp

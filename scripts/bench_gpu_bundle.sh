@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Packs the CUDA harness for a GPU machine that has the CUDA driver and toolkit libraries
+# (cuBLASLt, NVRTC, cuDNN through PyTorch's wheels) but none of our Debian packages and no network.
+#
+#   scripts/bench_gpu_bundle.sh [build-dir]     (default build-c; builds test_cuda first)
+#
+# Writes <build-dir>/gpu_bundle.tar.xz holding test_cuda and every shared library it needs except
+# the C runtime and the NVIDIA libraries found on the GPU machine (libc/libm/libstdc++/libgcc_s/
+# libdl/libpthread/librt/ld-linux, libcuda, libcublas*, libcudnn*, libnvrtc*, libnccl*). The
+# libcudart this build was linked against travels with it. gpu_check.sh unpacks it and puts
+# lib/ first on LD_LIBRARY_PATH. Carry: <build-dir>/gpu_bundle.tar.xz (about 12 MB).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${1:-$ROOT/build-c}
+case "$BUILD" in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSTP_CUDA=ON \
+        "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--as-needed" >/dev/null
+fi
+cmake --build "$BUILD" -j2 --target test_cuda
+
+STAGE=$BUILD/gpu_bundle
+rm -rf "$STAGE"
+mkdir -p "$STAGE/lib"
+cp "$BUILD/test_cuda" "$STAGE/"
+skip='^(linux-vdso|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|ld-linux|libstdc\+\+|libgcc_s|libcuda\.so|libcublas|libcudnn|libnvrtc|libnccl)'
+ldd "$BUILD/test_cuda" | awk '/=>/ {print $1, $3}' | while read -r name path; do
+  if [[ "$name" =~ $skip ]]; then continue; fi
+  [ -f "$path" ] || { echo "bundle: $name not found here ($path)" >&2; exit 1; }
+  cp -L "$path" "$STAGE/lib/$name"
+done
+git -C "$ROOT" rev-parse --short HEAD > "$STAGE/BUILD_INFO" 2>/dev/null || echo unknown > "$STAGE/BUILD_INFO"
+date -u +%FT%TZ >> "$STAGE/BUILD_INFO"
+ls "$STAGE/lib" | sed 's/^/# bundled: /'
+tar -C "$BUILD" -cJf "$BUILD/gpu_bundle.tar.xz" gpu_bundle
+du -h "$BUILD/gpu_bundle.tar.xz" | awk '{print "# bundle: " $2 " (" $1 ")"}'

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# gpu_check.sh: the CUDA backend's GPU session, in one build-free, fail-soft run.
+#
+# Runs on a GPU machine with the NVIDIA driver, the CUDA 13 libraries (cuBLASLt, NVRTC; cuDNN 9
+# from the toolkit or PyTorch's wheels) and PyTorch, but none of our Debian packages and no network.
+# It runs binaries built elsewhere: scripts/bench_gpu_bundle.sh makes build-c/gpu_bundle.tar.xz
+# (test_cuda + the non-NVIDIA shared libraries it needs). Steps, each with its own PASS/FAIL/
+# SKIPPED line and time limit, each in its own process so one crash does not stop the rest:
+#   1. device and library discovery (ldd must resolve everything)
+#   2. the kernel harness, one process per area: test_cuda "[cuda][<area>]"
+#   3. benchmarks: large GEMM and one training step of gpt-125m, gpt-1.3b, llama7b-slice,
+#      ours (test_cuda "[.bench]") and the PyTorch eager reference (scripts/bench_gpu.py)
+#   4. a short table (stp vs torch: step time, tokens/s, TFLOPS, MFU, ratio)
+# Output: ${OUT:-./out}/gpu_check.log (everything), bench.jsonl (one object per result),
+# summary.txt (the PASS/FAIL lines and the table, also printed last).
+#
+#   scripts/gpu_check.sh                         # from the repository root
+#   STP_BUNDLE=path/to/gpu_bundle.tar.xz STP_GPU_BUDGET_S=360 STP_BENCH_STEPS=8 scripts/gpu_check.sh
+set -u
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${OUT:-$ROOT/out}
+mkdir -p "$OUT"
+LOG=$OUT/gpu_check.log
+JSON=$OUT/bench.jsonl
+SUMMARY=$OUT/summary.txt
+: > "$LOG"; : > "$JSON"; : > "$SUMMARY"
+BUNDLE=${STP_BUNDLE:-$ROOT/build-c/gpu_bundle.tar.xz}
+BUDGET=${STP_GPU_BUDGET_S:-360}
+STEPS=${STP_BENCH_STEPS:-8}
+START=$(date +%s)
+
+say() { echo "$*" | tee -a "$LOG"; }
+result() { echo "$*" | tee -a "$LOG" >> "$SUMMARY"; echo "$*"; }
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# run_check NAME TIMEOUT CMD...: runs CMD with its output in the log; PASS on exit 0, SKIPPED when
+# the harness printed "SKIPPED: no CUDA device" and ran nothing else, FAIL otherwise (with rc).
+run_check() {
+  local name=$1 limit=$2; shift 2
+  if [ "$(elapsed)" -ge "$BUDGET" ]; then result "SKIPPED $name (time budget ${BUDGET}s spent)"; return; fi
+  say "## $name: $*"
+  local t0=$(date +%s) tmp=$OUT/.check.tmp rc
+  timeout --kill-after=10 "$limit" "$@" > "$tmp" 2>&1
+  rc=$?
+  cat "$tmp" >> "$LOG"
+  local dt=$(( $(date +%s) - t0 ))
+  if grep -q "^SKIPPED: no CUDA device" "$tmp" && ! grep -q "^# " "$tmp"; then
+    result "SKIPPED $name (no CUDA device) ${dt}s"
+  elif [ $rc -eq 0 ]; then
+    result "PASS    $name ${dt}s"
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    result "FAIL    $name (timed out after ${limit}s)"
+  else
+    result "FAIL    $name (rc=$rc) ${dt}s: $(grep -m1 -E 'FAILED|error|Error|what\(\)' "$tmp" | cut -c1-160)"
+  fi
+  rm -f "$tmp"
+}
+
+# ---- 1. device, bundle, libraries -------------------------------------------------------------------
+say "# gpu_check $(date -u +%FT%TZ) host $(hostname)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
+WORK=$(mktemp -d /tmp/stp_gpu.XXXXXX)
+if [ -f "$BUNDLE" ] && tar -C "$WORK" -xJf "$BUNDLE"; then
+  BIN=$WORK/gpu_bundle/test_cuda
+  say "# bundle $(tr '\n' ' ' < "$WORK/gpu_bundle/BUILD_INFO")"
+else
+  result "FAIL    bundle ($BUNDLE missing or unreadable: run scripts/bench_gpu_bundle.sh and carry it)"
+  BIN=""
+fi
+
+# Directories holding the NVIDIA libraries the bundle leaves out: the toolkit, then Python wheels.
+find_lib_dir() {
+  local lib=$1 d
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu \
+           /usr/local/cuda/lib; do
+    [ -e "$d/$lib" ] && { echo "$d"; return; }
+  done
+  local sp
+  for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+    d=$(find "$sp/nvidia" -name "$lib" -print -quit 2>/dev/null)
+    [ -n "$d" ] && { dirname "$d"; return; }
+  done
+  d=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name "$lib" -print -quit 2>/dev/null)
+  [ -n "$d" ] && dirname "$d"
+}
+LIBPATH=$WORK/gpu_bundle/lib
+for lib in libcublasLt.so.13 libnvrtc.so.13 libcudnn.so.9; do
+  d=$(find_lib_dir "$lib")
+  say "# $lib -> ${d:-NOT FOUND}"
+  [ -n "$d" ] && LIBPATH=$LIBPATH:$d
+done
+export LD_LIBRARY_PATH=$LIBPATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if [ -n "$BIN" ]; then
+  missing=$(ldd "$BIN" | grep "not found")
+  if [ -n "$missing" ]; then
+    result "FAIL    libraries: $(echo $missing | tr '\n' ' ')"
+  else
+    result "PASS    libraries (ldd resolves every dependency)"
+    ldd "$BIN" >> "$LOG"
+  fi
+fi
+
+# ---- 2. kernel harness, one process per area ----------------------------------------------------------
+if [ -n "$BIN" ]; then
+  for area in infra gemm norm elementwise rope embedding xent optimizer attention layer; do
+    run_check "harness [$area]" 180 "$BIN" "[cuda][$area]" --durations yes
+  done
+fi
+
+# ---- 3. benchmarks ----------------------------------------------------------------------------------------
+export STP_BENCH_JSON=$JSON STP_BENCH_STEPS=$STEPS
+if [ -n "$BIN" ]; then
+  run_check "bench stp gemm-8192" 60 "$BIN" "bench: large bf16 GEMM through cuBLASLt"
+fi
+run_check "bench torch gemm-8192" 120 python3 "$ROOT/scripts/bench_gpu.py" --models gemm-8192 --json "$JSON"
+for model in gpt-125m gpt-1.3b llama7b-slice; do
+  if [ -n "$BIN" ]; then
+    STP_BENCH_MODELS=$model run_check "bench stp $model" 150 "$BIN" "bench: one training step of single-GPU models"
+  fi
+  run_check "bench torch $model" 180 python3 "$ROOT/scripts/bench_gpu.py" --models $model --steps "$STEPS" --json "$JSON"
+done
+
+# ---- 4. table -----------------------------------------------------------------------------------------------
+python3 - "$JSON" <<'EOF' | tee -a "$LOG" >> "$SUMMARY"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+by = {}
+for r in rows:
+    by.setdefault(r["model"], {})[r["impl"]] = r
+print("# model           impl    step_ms   tokens/s   TFLOPS    MFU   peak_GB  loss first->last")
+for model, impls in by.items():
+    for impl in ("stp", "torch"):
+        r = impls.get(impl)
+        if r is None:
+            continue
+        if "error" in r:
+            print(f"  {model:15s} {impl:6s} ERROR {r['error'][:90]}")
+            continue
+        tps = f"{r['tokens_per_s']:10.0f}" if "tokens_per_s" in r else " " * 10
+        mem = f"{r['peak_mem_gb']:8.1f}" if "peak_mem_gb" in r else " " * 8
+        loss = f"  {r['loss_first']:.3f}->{r['loss_last']:.3f}" if "loss_first" in r else ""
+        print(f"  {model:15s} {impl:6s} {r['step_ms']:8.2f} {tps} {r['tflops']:8.1f} {100*r['mfu']:5.1f}% {mem}{loss}")
+    s, t = impls.get("stp"), impls.get("torch")
+    if s and t and "tflops" in s and "tflops" in t:
+        print(f"  {model:15s} ratio stp/torch throughput = {s['tflops']/t['tflops']:.2f}x")
+EOF
+rm -rf "$WORK"
+echo "# ---- summary (${OUT}) after $(elapsed)s ----"
+cat "$SUMMARY"
+grep -q "^FAIL" "$SUMMARY" && exit 1
+exit 0

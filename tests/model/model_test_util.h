@@ -1,0 +1,121 @@
+// model_test_util.h: shared helpers of the model tests -- small configs of each architecture
+// variant, deterministic random data, and finite-difference comparison.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "model/reference.h"
+#include "runtime/core/config.h"
+
+namespace stp::test {
+
+// GPT: LayerNorm, GELU, learned positions, MHA, biases. Llama: RMSNorm, SwiGLU, RoPE, GQA, no
+// biases. Qwen2: Llama + q/k/v bias. Sizes are small enough for double-precision FD checks.
+inline Config tiny_config(const std::string& arch, int tp = 1) {
+  Config c;
+  ModelConfig& m = c.model;
+  m.arch = arch;
+  m.layers = 2;
+  m.hidden = 16;
+  m.heads = 4;
+  m.vocab = 32;
+  m.seq_len = 8;
+  m.ffn_hidden = 32;
+  m.init_std = 0.3;  // large enough that every path carries signal in a tiny model
+  if (arch == "gpt") {
+    m.norm = "layernorm";
+    m.activation = "gelu";
+    m.position = "learned";
+    m.kv_heads = 0;
+    m.bias = m.qkv_bias = true;
+  } else {
+    m.norm = "rmsnorm";
+    m.activation = "swiglu";
+    m.position = "rope";
+    m.kv_heads = 2;
+    m.bias = false;
+    m.qkv_bias = arch == "qwen2";
+    m.rope_theta = 10000.0;
+    m.norm_eps = 1e-6;
+  }
+  c.parallel.tp = tp;
+  c.schedule.micro_batch_size = 2;
+  c.train.grad_clip = 0;
+  return c;
+}
+
+inline std::vector<double> random_vec(int64_t n, uint64_t seed, double scale = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> d(0.0, scale);
+  std::vector<double> v(static_cast<size_t>(n));
+  for (double& x : v) x = d(rng);
+  return v;
+}
+
+inline std::vector<float> to_float(const std::vector<double>& v) {
+  return std::vector<float>(v.begin(), v.end());
+}
+
+inline MicroBatch random_batch(int64_t N, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> d(0, vocab - 1);
+  MicroBatch mb;
+  for (int64_t i = 0; i < N; ++i) {
+    mb.tokens.push_back(d(rng));
+    mb.targets.push_back(d(rng));
+  }
+  return mb;
+}
+
+// Central finite difference of loss() in x[i], step h.
+inline double fd(std::vector<double>& x, size_t i, const std::function<double()>& loss,
+                 double h = 1e-5) {
+  const double x0 = x[i];
+  x[i] = x0 + h;
+  const double lp = loss();
+  x[i] = x0 - h;
+  const double lm = loss();
+  x[i] = x0;
+  return (lp - lm) / (2 * h);
+}
+
+// Largest |analytic - numeric| / (|numeric| + floor) over the checked indices (all, or `max_checks`
+// spread evenly). In double with h = 1e-5 the truncation error is ~1e-10 relative and the
+// cancellation noise ~1e-16 |loss| / h < 1e-9 absolute, so a correct gradient scores < 1e-6
+// (|error| < 1e-6 |g| + 1e-8) and any wrong term scores O(1). The floor keeps gradients that are
+// zero in exact arithmetic (e.g. the key bias: softmax is shift-invariant) from scoring noise.
+inline double fd_max_rel_err(std::vector<double>& x, const std::vector<double>& analytic,
+                             const std::function<double()>& loss, size_t max_checks = 64,
+                             double floor = 1e-2) {
+  double worst = 0;
+  const size_t n = x.size(), step = std::max<size_t>(1, n / std::max<size_t>(1, max_checks));
+  for (size_t i = 0; i < n; i += step) {
+    const double num = fd(x, i, loss);
+    worst = std::max(worst, std::abs(analytic[i] - num) / (std::abs(num) + floor));
+  }
+  return worst;
+}
+
+inline double dot(const std::vector<double>& a, const double* b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Largest |a - b| over the largest |b|: the error relative to the tensor's scale.
+inline double max_scaled_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, m = 1e-30;
+  for (size_t i = 0; i < a.size(); ++i) {
+    d = std::max(d, double(std::abs(a[i] - b[i])));
+    m = std::max(m, double(std::abs(b[i])));
+  }
+  return d / m;
+}
+
+}  // namespace stp::test

@@ -1,0 +1,274 @@
+// test_checkpoint.cpp: safetensors reader/writer and Hugging Face export/import. Round trips are
+// exact in F32 and within the dtype's rounding in BF16/F16; damaged files (truncated, corrupt
+// header, bad offsets, wrong dtype or shape) are errors that name the tensor; export -> import
+// reproduces the logits bit for bit.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "model/hf_io.h"
+#include "model/safetensors.h"
+#include "model_test_util.h"
+
+using namespace stp;
+using namespace stp::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path dir;
+  TempDir() {
+    dir = fs::temp_directory_path() / ("stp_test_model_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+  }
+  ~TempDir() { fs::remove_all(dir); }
+  std::string file(const std::string& name) const { return (dir / name).string(); }
+};
+
+std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string& path, const std::vector<uint8_t>& b) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
+}
+
+// A file with a hand-written header and `data_bytes` zero bytes of data.
+void write_raw(const std::string& path, const std::string& header, size_t data_bytes) {
+  std::vector<uint8_t> b(8);
+  for (int i = 0; i < 8; ++i) b[size_t(i)] = uint8_t(uint64_t(header.size()) >> (8 * i));
+  b.insert(b.end(), header.begin(), header.end());
+  b.resize(b.size() + data_bytes, 0);
+  write_bytes(path, b);
+}
+
+std::string open_error(const std::string& path) {
+  SafetensorsFile f;
+  return SafetensorsFile::open(path, &f);
+}
+
+}  // namespace
+
+TEST_CASE("safetensors: F32 round trip is exact; layout follows the spec", "[ckpt]") {
+  // Fails if the header length is not little-endian u64, offsets are not relative to the data
+  // section, the data section is not 8-byte aligned, or values / shapes / metadata change.
+  TempDir tmp;
+  const std::vector<float> a = {1.5f, -2.25f, 3e-38f, 1e30f, 0.0f, -0.0f};
+  const std::vector<float> b = {7.0f, 8.0f};
+  const std::string path = tmp.file("a.safetensors");
+  REQUIRE(safetensors_write(path, {{"a", {2, 3}, a.data()}, {"b.c", {2}, b.data()}},
+                            {{"k", "v"}}) == "");
+  const std::vector<uint8_t> bytes = read_bytes(path);
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= uint64_t(bytes[size_t(i)]) << (8 * i);
+  CHECK((8 + n) % 8 == 0);
+  CHECK(bytes.size() == 8 + n + 4 * (6 + 2));
+  CHECK(std::memcmp(bytes.data() + 8 + n, a.data(), 24) == 0);  // first tensor at offset 0
+  SafetensorsFile f;
+  REQUIRE(SafetensorsFile::open(path, &f) == "");
+  CHECK(f.metadata().at("k") == "v");
+  std::vector<float> ra, rb;
+  REQUIRE(f.read_f32("a", {2, 3}, &ra) == "");
+  REQUIRE(f.read_f32("b.c", {2}, &rb) == "");
+  CHECK(std::memcmp(ra.data(), a.data(), 24) == 0);  // bit-exact, including -0.0
+  CHECK(rb == b);
+  CHECK_FALSE(fs::exists(path + ".tmp." + std::to_string(::getpid())));  // temp file renamed away
+}
+
+TEST_CASE("safetensors: BF16 and F16 conversions round to nearest even", "[ckpt]") {
+  // Fails if bf16/f16 truncate instead of rounding, mishandle ties, subnormals, overflow or NaN.
+  CHECK(f32_to_bf16(1.0f) == 0x3f80);
+  CHECK(f32_to_bf16(bf16_to_f32(0x3f80) + std::ldexp(1.0f, -8)) == 0x3f80);           // tie -> even
+  CHECK(f32_to_bf16(bf16_to_f32(0x3f81) + std::ldexp(1.0f, -8)) == 0x3f82);           // tie -> even
+  CHECK(f32_to_bf16(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -12)) == 0x3f81);  // above tie
+  CHECK(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+  CHECK(f32_to_f16(1.0f) == 0x3c00);
+  CHECK(f32_to_f16(65504.0f) == 0x7bff);
+  CHECK(f32_to_f16(65520.0f) == 0x7c00);                      // rounds up to infinity
+  CHECK(f32_to_f16(std::ldexp(1.0f, -24)) == 0x0001);         // smallest subnormal
+  CHECK(f32_to_f16(std::ldexp(1.0f, -25)) == 0x0000);         // tie between 0 and 1 ulp -> even (0)
+  CHECK(f32_to_f16(std::ldexp(3.0f, -25)) == 0x0002);         // 1.5 ulp -> 2
+  CHECK(f32_to_f16(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);  // tie -> even
+  CHECK(f16_to_f32(0x0001) == std::ldexp(1.0f, -24));
+  CHECK(f16_to_f32(0xc000) == -2.0f);
+  CHECK(std::isnan(f16_to_f32(f32_to_f16(NAN))));
+  // Every finite f16 survives f16 -> f32 -> f16.
+  for (uint32_t h = 0; h < 0x7c00; ++h) REQUIRE(f32_to_f16(f16_to_f32(uint16_t(h))) == h);
+  // Files: values come back within half an ulp of the dtype.
+  TempDir tmp;
+  const std::vector<double> v = random_vec(1000, 3);
+  const std::vector<float> x = to_float(v);
+  for (StDtype d : {StDtype::BF16, StDtype::F16}) {
+    const std::string path = tmp.file(std::string(st_dtype_name(d)) + ".safetensors");
+    REQUIRE(safetensors_write(path, {{"x", {1000}, x.data(), d}}) == "");
+    SafetensorsFile f;
+    REQUIRE(SafetensorsFile::open(path, &f) == "");
+    CHECK(f.entries().at("x").dtype == d);
+    std::vector<float> r;
+    REQUIRE(f.read_f32("x", {1000}, &r) == "");
+    // Half an ulp with 7 (bf16) or 10 (f16) mantissa bits is at most |x| * 2^-8 or 2^-11.
+    const double half_ulp = d == StDtype::BF16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
+    for (size_t i = 0; i < x.size(); ++i)
+      REQUIRE(std::abs(r[i] - x[i]) <= half_ulp * std::abs(x[i]) + 1e-7);
+  }
+}
+
+TEST_CASE("safetensors: damaged files are errors that name the tensor", "[ckpt]") {
+  // Fails if a truncated, corrupt or inconsistent file is accepted, or if the message does not
+  // say which tensor and what was expected.
+  TempDir tmp;
+  const std::vector<float> a(12, 1.0f), b(4, 2.0f);
+  const std::string good = tmp.file("good.safetensors");
+  REQUIRE(safetensors_write(good, {{"alpha", {3, 4}, a.data()}, {"beta", {4}, b.data()}}) == "");
+  const std::vector<uint8_t> bytes = read_bytes(good);
+
+  SECTION("truncated data") {
+    const std::string p = tmp.file("trunc.safetensors");
+    write_bytes(p, std::vector<uint8_t>(bytes.begin(), bytes.end() - 3));
+    const std::string e = open_error(p);
+    CHECK(e.find("truncated") != std::string::npos);
+    CHECK(e.find("'beta'") != std::string::npos);  // the last tensor is the one cut short
+  }
+  SECTION("truncated header") {
+    const std::string p = tmp.file("trunc_h.safetensors");
+    write_bytes(p, std::vector<uint8_t>(bytes.begin(), bytes.begin() + 20));
+    CHECK(open_error(p).find("header length") != std::string::npos);
+    write_bytes(p, std::vector<uint8_t>(bytes.begin(), bytes.begin() + 5));
+    CHECK(open_error(p).find("too short") != std::string::npos);
+  }
+  SECTION("corrupt JSON") {
+    const std::string p = tmp.file("json.safetensors");
+    write_raw(p, "{\"alpha\": {\"dtype\": \"F32\", ", 0);
+    CHECK(open_error(p).find("not a JSON object") != std::string::npos);
+  }
+  SECTION("unsupported dtype") {
+    const std::string p = tmp.file("dtype.safetensors");
+    write_raw(p, R"({"ids": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}})", 16);
+    const std::string e = open_error(p);
+    CHECK(e.find("'ids'") != std::string::npos);
+    CHECK(e.find("I64") != std::string::npos);
+  }
+  SECTION("size disagrees with shape") {
+    const std::string p = tmp.file("size.safetensors");
+    write_raw(p, R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})", 20);
+    const std::string e = open_error(p);
+    CHECK(e.find("'w'") != std::string::npos);
+    CHECK(e.find("needs 24") != std::string::npos);
+  }
+  SECTION("overlapping offsets") {
+    const std::string p = tmp.file("overlap.safetensors");
+    write_raw(p, R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                     "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+              12);
+    CHECK(open_error(p).find("overlap or leave a gap") != std::string::npos);
+  }
+  SECTION("wrong shape on read names both shapes") {
+    SafetensorsFile f;
+    REQUIRE(SafetensorsFile::open(good, &f) == "");
+    std::vector<float> r;
+    const std::string e = f.read_f32("alpha", {4, 3}, &r);
+    CHECK(e.find("'alpha'") != std::string::npos);
+    CHECK(e.find("[3, 4]") != std::string::npos);
+    CHECK(e.find("expected [4, 3]") != std::string::npos);
+    CHECK(f.read_f32("gamma", {1}, &r).find("'gamma' is missing") != std::string::npos);
+  }
+  SECTION("unwritable directory is an error value") {
+    const std::string e =
+        safetensors_write(tmp.file("no/such/dir/x.safetensors"), {{"a", {12}, a.data()}});
+    CHECK(e.find("cannot create") != std::string::npos);
+  }
+}
+
+TEST_CASE("hf_io: fused tensors split into Hugging Face's tensors exactly", "[ckpt]") {
+  // Fails if q/k/v rows, gate/up rows or GPT-2's Conv1D transposition are laid out differently
+  // from HF's q_proj/k_proj/v_proj, gate_proj/up_proj and c_attn.
+  TempDir tmp;
+  for (const char* arch : {"qwen2", "gpt"}) {
+    INFO(arch);
+    const Config c = tiny_config(arch);
+    FullState st = hf_expected_state(c);
+    for (auto& [name, t] : st) {  // element value = its flat index: positions are visible
+      int64_t n = 1;
+      for (int64_t d : t.shape) n *= d;
+      t.data.resize(size_t(n));
+      for (int64_t i = 0; i < n; ++i) t.data[size_t(i)] = float(i);
+    }
+    const std::string path = tmp.file(std::string(arch) + ".safetensors");
+    REQUIRE(hf_export(c, st, path) == "");
+    SafetensorsFile f;
+    REQUIRE(SafetensorsFile::open(path, &f) == "");
+    const int64_t C = 16, HD = 4, q = 4 * HD, kv = c.model.kv() * HD;
+    std::vector<float> r;
+    if (std::string(arch) == "qwen2") {
+      REQUIRE(f.read_f32("model.layers.1.self_attn.k_proj.weight", {kv, C}, &r) == "");
+      CHECK(r[0] == float(q * C));  // k rows follow the q rows
+      REQUIRE(f.read_f32("model.layers.0.self_attn.v_proj.bias", {kv}, &r) == "");
+      CHECK(r[0] == float(q + kv));
+      REQUIRE(f.read_f32("model.layers.0.mlp.up_proj.weight", {32, C}, &r) == "");
+      CHECK(r[0] == float(32 * C));  // up rows follow the gate rows
+      CHECK(f.has("lm_head.weight"));
+      CHECK_FALSE(f.has("model.embed_positions.weight"));
+    } else {
+      REQUIRE(f.read_f32("transformer.h.0.attn.c_attn.weight", {C, 3 * C}, &r) == "");
+      CHECK(r[1] == float(1 * C));  // (in, out): element [0][1] is our [1][0]
+      REQUIRE(f.read_f32("transformer.h.0.mlp.c_proj.weight", {32, C}, &r) == "");
+      CHECK(r[1] == float(32));
+      CHECK(f.has("transformer.wpe.weight"));
+    }
+  }
+}
+
+TEST_CASE("hf_io: export -> import reproduces the logits bit for bit (tp=1 and tp=2)", "[ckpt]") {
+  // Fails if a tensor is lost, renamed, split or transposed inconsistently between export and
+  // import, or if gathering / scattering by the sharding table mixes up shards.
+  TempDir tmp;
+  for (const char* arch : {"gpt", "llama", "qwen2"}) {
+    for (int tp : {1, 2}) {
+      INFO(arch << " tp=" << tp);
+      Config c = tiny_config(arch, tp);
+      Reference<float> src, dst;
+      REQUIRE(reference_init(src, c, {}, ParamInit{1, 0.2, 2, true}) == "");
+      REQUIRE(reference_init(dst, c, {1, 1}, ParamInit{2, 0.2, 2, true}) ==
+              "");  // other seed, 2 stages
+      const MicroBatch mb = random_batch(src.shapes[0].N, c.model.vocab, 4);
+      std::vector<double> l_src, l_dst;
+      REQUIRE(reference_logits(src, mb, &l_src) == "");
+      const std::string path = tmp.file("hf.safetensors");
+      REQUIRE(hf_export(c, reference_full_state(src, false), path) == "");
+      FullState st;
+      REQUIRE(hf_import(c, path, &st) == "");
+      REQUIRE(reference_load_full_state(dst, st) == "");
+      REQUIRE(reference_logits(dst, mb, &l_dst) == "");
+      CHECK(l_dst == l_src);
+    }
+  }
+}
+
+TEST_CASE("hf_io: import errors name the file's tensor, ours, and both shapes", "[ckpt]") {
+  // Fails if a missing or mis-shaped tensor is accepted or reported without its names.
+  TempDir tmp;
+  const Config c = tiny_config("llama");
+  Reference<float> r;
+  REQUIRE(reference_init(r, c, {}, ParamInit{}) == "");
+  FullState st = reference_full_state(r, false);
+  Config wrong = c;
+  wrong.model.ffn_hidden = 48;
+  const std::string path = tmp.file("x.safetensors");
+  REQUIRE(hf_export(c, st, path) == "");
+  FullState out;
+  std::string e = hf_import(wrong, path, &out);
+  CHECK(e.find("gate_proj.weight") != std::string::npos);
+  CHECK(e.find("[32, 16]") != std::string::npos);
+  CHECK(e.find("expected [48, 16]") != std::string::npos);
+  CHECK(e.find("layers.0.mlp.fc1.weight") != std::string::npos);
+  st.erase("final_norm.weight");
+  REQUIRE(hf_export(c, st, path) == "");
+  e = hf_import(c, path, &out);
+  CHECK(e.find("no tensor 'model.norm.weight'") != std::string::npos);
+}
