@@ -92,7 +92,7 @@ std::string checkpoint_full_state(const Config& cfg_in, const std::string& root,
     for (const ParamDesc& d : sd.params) {
       if (!seen.insert(d.name).second) continue;  // the tied embedding's head replica
       const int n = d.shard_dim < 0 ? 1 : TP;     // a replicated tensor: TP rank 0's copy
-      std::vector<Param<float>> parts(size_t(n));
+      std::vector<Param<float>> parts(static_cast<size_t>(n));
       std::vector<const Param<float>*> ptrs;
       for (int t = 0; t < n; ++t) {
         std::string err = shard_param(cache, pp_rank * TP + t, sd.stage, d, TP, &parts[size_t(t)]);

@@ -171,6 +171,24 @@ static int train_loop(Trainer& tr, const Config& cfg, Communicator& comm) {
   return code;
 }
 
+// Rank 0 prints the grid once, with every rank's host (gathered, so a TP group split across nodes
+// is reported), and writes the resolved config to output.dir/config.json.
+static void announce(const Config& cfg, const Topology& topo, const LaunchEnv& env, Communicator& comm) {
+  constexpr int kHost = 64;
+  std::vector<char> mine(kHost, 0), all(size_t(kHost) * comm.world_size(), 0);
+  std::snprintf(mine.data(), kHost, "%s", env.host.c_str());
+  CommHandle h = comm.all_gather(GroupKind::World, mine.data(), all.data(), kHost, DType::U8);
+  const CommStatus st = h.wait(cfg.train.timeout_s);
+  if (topo.rank != 0) return;
+  std::vector<std::string> hosts;
+  for (int r = 0; st.ok() && r < comm.world_size(); ++r) hosts.emplace_back(all.data() + size_t(r) * kHost);
+  spdlog::info("{}", topo.to_string());
+  spdlog::info("\n{}", topology_table(topo, hosts));
+  for (const std::string& w : topology_warnings(topo)) spdlog::warn("{}", w);
+  const std::string err = write_file_atomic(cfg.output.dir, "config.json", config_to_json(cfg) + "\n");
+  if (!err.empty()) spdlog::warn("config.json: {}", err);
+}
+
 int train_main(const Config& cfg, const LaunchEnv& env) {
   if (auto e = config_validate_world(cfg, env.world)) {
     spdlog::error("{}", e->to_string());
@@ -196,7 +214,7 @@ int train_main(const Config& cfg, const LaunchEnv& env) {
   } else {
     comm = comm_create_self();
   }
-  if (topo.rank == 0) spdlog::info("{}", topo.to_string());
+  announce(cfg, topo, env, *comm);
   Trainer::Result tr = Trainer::create(cfg, topo, *comm);
   if (!agree(*comm, tr.error, cfg.train.timeout_s)) return 2;
   if (!agree(*comm, tr.trainer->resume(), cfg.train.timeout_s)) return 2;

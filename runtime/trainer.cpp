@@ -9,6 +9,7 @@
 
 #include "model/kernels/cpu/kernels.h"
 #include "runtime/checkpoint.h"
+#include "runtime/init_from.h"
 #include "runtime/optimizer.h"
 #include "scheduler/schedules.h"
 
@@ -55,6 +56,12 @@ std::string Trainer::build() {
   if (!lr.ok()) return "schedule " + name + ": " + lr.error;
   prog_ = std::move(*lr.program);
   model_ = std::make_unique<RankModel>(cfg_, desc_, prog_.pipeline, topo_.me.pp, topo_.me.tp);
+  // --- initial parameters: train.init_from (runtime/init_from.h); a later resume() wins ---
+  if (!cfg_.train.init_from.empty()) {
+    std::string err = init_from_file(cfg_, cfg_.train.init_from, *model_, topo_.TP, topo_.me.tp);
+    if (!err.empty()) return err;
+  }
+  // --- end initial parameters ---
   store_ = std::make_unique<TensorStore>(desc_);
   exec_ = std::make_unique<Executor>(desc_, prog_.pipeline, topo_.me.pp, comm_,
                                      ExecOptions{cfg_.train.timeout_s, true});

@@ -32,6 +32,9 @@ fi
 [ "${1:-}" = "--deps-only" ] && exit 0
 
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+# Relative paths in the cache keys, so a fresh clone elsewhere (CI) reuses this machine's cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$ROOT} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-true}
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 JOBS=${STP_JOBS:-$(nproc)}
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release ${STP_CMAKE_ARGS:-} >/dev/null
 cmake --build "$BUILD" -j "$JOBS" ${STP_TARGETS:+--target $STP_TARGETS}

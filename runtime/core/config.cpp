@@ -544,7 +544,48 @@ ConfigResult finish(YAML::Node root, Loader& ld, const std::string& top, const s
 
 }  // namespace
 
+static ConfigResult config_load_unguarded(const std::string& path, const std::vector<std::string>& overrides);
+static ConfigResult config_load_string_unguarded(const std::string& yaml, const std::string& name,
+                                                 const std::vector<std::string>& overrides);
+
+namespace {
+
+// No exception escapes the loader: yaml-cpp throws on shapes the code above does not expect (a
+// mapping used as a key, say); such input becomes an error naming the file and position.
+template <class F>
+ConfigResult guarded(const std::string& file, F&& load) {
+  try {
+    return load();
+  } catch (const YAML::Exception& e) {
+    ConfigResult r;
+    ConfigError err;
+    err.file = file;
+    if (!e.mark.is_null()) {
+      err.line = e.mark.line + 1;
+      err.column = e.mark.column + 1;
+    }
+    err.message = "unsupported YAML here (keys must be plain names): " + e.msg;
+    r.error = err;
+    return r;
+  } catch (const std::exception& e) {
+    ConfigResult r;
+    r.error = ConfigError{file, "", -1, -1, std::string("cannot load config: ") + e.what()};
+    return r;
+  }
+}
+
+}  // namespace
+
 ConfigResult config_load(const std::string& path, const std::vector<std::string>& overrides) {
+  return guarded(path, [&] { return config_load_unguarded(path, overrides); });
+}
+
+ConfigResult config_load_string(const std::string& yaml, const std::string& name,
+                                const std::vector<std::string>& overrides) {
+  return guarded(name, [&] { return config_load_string_unguarded(yaml, name, overrides); });
+}
+
+static ConfigResult config_load_unguarded(const std::string& path, const std::vector<std::string>& overrides) {
   Loader ld;
   YAML::Node root(YAML::NodeType::Map);
   ld.load_file(root, path, "", YAML::Mark::null_mark());
@@ -556,8 +597,8 @@ ConfigResult config_load(const std::string& path, const std::vector<std::string>
   return finish(root, ld, path, overrides);
 }
 
-ConfigResult config_load_string(const std::string& yaml, const std::string& name,
-                                const std::vector<std::string>& overrides) {
+static ConfigResult config_load_string_unguarded(const std::string& yaml, const std::string& name,
+                                                 const std::vector<std::string>& overrides) {
   Loader ld;
   YAML::Node root(YAML::NodeType::Map);
   ld.load_text(root, yaml, name, fs::current_path());
