@@ -20,8 +20,9 @@
 // Memory per rank (bytes):
 //   model state    per local parameter: fp32 = 4 weight + 4 grad + 8 AdamW (m, v) = 16;
 //                  bf16 = those fp32 master copies plus a 2-byte bf16 weight copy = 18
-//   activations    every tensor of the tensor table, elems * (4 fp32, 2 bf16), allocated when
-//                  first written (a Recv: when its transfer starts) and released at its Free
+//   activations    every tensor of the tensor table, elems * (4 fp32, 2 bf16), counted in program
+//                  order as the executor's TensorStore counts it: from the first op that writes it
+//                  (a Recv: when it is posted) to its Free op (a sent tensor's too)
 //   side buffer    train.deterministic: ordered weight-gradient accumulation holds up to depth
 //                  contributions (pipeline_accum_depth); each is charged as the largest one of
 //                  the rank's stages (its local parameters * 4 bytes, fp32 gradients)

@@ -43,8 +43,6 @@ struct RankState {
   std::vector<Wait> tag_kind;
   std::vector<std::pair<double, double>> tp_busy;  // collective intervals, in FIFO order
   size_t tp_first = 0;                             // first interval that may still overlap
-  std::vector<std::pair<double, int64_t>> mem;     // (time, +/- bytes)
-  std::vector<char> allocated;                     // flat (stage, mb, tensor)
   std::vector<double> send_end;                    // flat: end of the tensor's send (-1 not yet)
   std::vector<int> pending_free;                   // flat: a pp-stream Free waiting for its send
 };
@@ -78,7 +76,6 @@ class Engine {
     st_[r].tag_done.assign(tags, -1);
     st_[r].tag_kind.assign(tags, Wait::Unknown);
     const size_t flat = size_t(desc_.stages.size()) * max_mb_ * access_.max_tensors();
-    st_[r].allocated.assign(flat, 0);
     st_[r].send_end.assign(flat, -1.0);
     st_[r].pending_free.assign(flat, -1);
     res_.times[r].assign(ops.size(), OpTime{});
@@ -140,10 +137,6 @@ class Engine {
     t.end = slowed_end(s, t.start, cost_.compute(op.stage, op.unit));
     s.compute_free = t.end;
     res_.ranks[r].busy += t.end - t.start;
-    reads_.clear();
-    writes_.clear();
-    access_.touches(op, r, &reads_, &writes_);
-    for (const TensorRef& w : writes_) alloc(r, w, t.start);
   }
 
   void comm_start(int r, const Op& op, OpTime& t) {
@@ -178,25 +171,17 @@ class Engine {
     }
   }
 
+  // Timing only; the bytes are counted in program order (activation_peak).
   void free_tensor(int r, const Op& op, OpTime& t) {
     RankState& s = st_[r];
     t.start = t.end = s.compute_free;
-    if (op.stage < 0 || op.tensor < 0) return;
+    if (op.stage < 0 || op.tensor < 0 || op.stream != Stream::PP) return;
     const size_t k = key(op.stage, op.mb, op.tensor);
-    if (op.stream == Stream::PP) {  // after its send: at the send's end, once the send is matched
-      if (s.send_end[k] < 0) {
-        s.pending_free[k] = int(s.pos);
-        return;
-      }
-      t.start = t.end = s.send_end[k];
+    if (s.send_end[k] < 0) {  // after its send: at the send's end, once the send is matched
+      s.pending_free[k] = int(s.pos);
+      return;
     }
-    release(r, k, op.stage, op.tensor, t.start);
-  }
-
-  void release(int r, size_t k, int stage, int tensor, double at) {
-    if (!st_[r].allocated[k]) return;
-    st_[r].allocated[k] = 0;
-    st_[r].mem.push_back({at, -bytes(stage, tensor)});
+    t.start = t.end = s.send_end[k];
   }
 
   // Channel mode: posting never blocks the rank. Single mode: the pp stream stops at the op until
@@ -234,7 +219,6 @@ class Engine {
       res_.times[dst][rcv.op] = {start, end};
       st_[dst].tag_done[rop.tag] = end;
       st_[dst].tag_kind[rop.tag] = Wait::PP;
-      alloc(dst, TensorRef{rop.stage, rop.mb, rop.tensor}, start);
       sent(src, sop, end);
       if (mode_ == PPStreams::Single)
         for (int r : {src, dst}) {
@@ -245,7 +229,7 @@ class Engine {
     }
   }
 
-  // A send completed: a Free that already waits for it releases the buffer now.
+  // A send completed: a Free that already waits for it ends now.
   void sent(int r, const Op& sop, double end) {
     RankState& s = st_[r];
     const size_t k = key(sop.stage, sop.mb, sop.tensor);
@@ -253,7 +237,6 @@ class Engine {
     if (s.pending_free[k] < 0) return;
     res_.times[r][s.pending_free[k]] = {end, end};
     s.pending_free[k] = -1;
-    release(r, k, sop.stage, sop.tensor, end);
   }
 
   size_t key(int stage, int mb, int tensor) const {
@@ -262,12 +245,35 @@ class Engine {
   int64_t bytes(int stage, int tensor) const {
     return int64_t(double(desc_.stages[stage].tensors[tensor].elems) * cost_.act_bytes);
   }
-  void alloc(int r, const TensorRef& t, double at) {
-    if (t.tensor < 0) return;
-    const size_t k = key(t.stage, t.mb, t.tensor);
-    if (st_[r].allocated[k]) return;
-    st_[r].allocated[k] = 1;
-    st_[r].mem.push_back({at, bytes(t.stage, t.tensor)});
+
+  // Peak activation bytes of rank r, counted as the executor's TensorStore counts them
+  // (runtime/executor.h, "Memory"), in program order whatever the timing: a tensor is charged at
+  // the first op that writes it (its producing unit pass, or the Recv that posts its buffer, not
+  // when the transfer starts) and released at its Free op, a sent tensor's too (its buffer stays
+  // until the send completes, but no longer counts: a stream-ordered free).
+  int64_t activation_peak(int r) {
+    std::vector<char> live(st_[r].send_end.size(), 0);
+    int64_t cur = 0, best = 0;
+    for (const Op& op : prog_.ranks[r].ops) {
+      if (op.kind == OpKind::Free) {
+        if (op.stage < 0 || op.tensor < 0) continue;
+        const size_t k = key(op.stage, op.mb, op.tensor);
+        if (live[k]) cur -= bytes(op.stage, op.tensor);
+        live[k] = 0;
+        continue;
+      }
+      reads_.clear();
+      writes_.clear();
+      access_.touches(op, r, &reads_, &writes_);
+      for (const TensorRef& w : writes_) {
+        if (w.tensor < 0) continue;
+        const size_t k = key(w.stage, w.mb, w.tensor);
+        if (live[k]) continue;
+        live[k] = 1;
+        best = std::max(best, cur += bytes(w.stage, w.tensor));
+      }
+    }
+    return best;
   }
 
   void finish() {
@@ -276,18 +282,11 @@ class Engine {
       for (const OpTime& t : res_.times[r]) end = std::max(end, t.end);
       res_.ranks[r].finish = end;
       res_.makespan = std::max(res_.makespan, end);
-      res_.ranks[r].activation_peak_bytes = peak(st_[r].mem);
+      res_.ranks[r].activation_peak_bytes = activation_peak(r);
     }
     for (RankReport& rep : res_.ranks)
       rep.pp_bubble = std::max(0.0, res_.makespan - rep.busy - rep.tp_exposed - rep.dp_exposed);
     report_deadlock();
-  }
-
-  static int64_t peak(std::vector<std::pair<double, int64_t>>& mem) {
-    std::sort(mem.begin(), mem.end());  // at equal times frees (negative) first
-    int64_t cur = 0, best = 0;
-    for (const auto& e : mem) best = std::max(best, cur += e.second);
-    return best;
   }
 
   void report_deadlock() {
