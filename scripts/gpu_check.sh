@@ -84,7 +84,7 @@ find_lib_dir() {
   [ -n "$d" ] && dirname "$d"
 }
 LIBPATH=$WORK/gpu_bundle/lib
-for lib in libcublasLt.so.13 libnvrtc.so.13 libcudnn.so.9; do
+for lib in libcublasLt.so.13 libnvrtc.so.13 libcudnn.so.9 libnccl.so.2; do
   d=$(find_lib_dir "$lib")
   say "# $lib -> ${d:-NOT FOUND}"
   [ -n "$d" ] && LIBPATH=$LIBPATH:$d
@@ -105,15 +105,26 @@ if [ -n "$BIN" ]; then
   for area in infra gemm norm elementwise rope embedding xent optimizer attention layer; do
     run_check "harness [$area]" 180 "$BIN" "[cuda][$area]" --durations yes
   done
+  # NCCL with one rank per communicator (one GPU); the fault cases abort their communicators, so
+  # each runs in its own process.
+  export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+  run_check "nccl one rank" 180 "$BIN" "[nccl]~[fault]" --durations yes
+  run_check "nccl fault: op timeout" 60 "$BIN" "nccl one rank: an operation past its timeout aborts the communicators"
+  run_check "nccl fault: watchdog" 60 "$BIN" "nccl one rank: the watchdog aborts a stuck operation by itself"
+fi
+if [ "${STP_GPU_SKIP_BENCH:-0}" = 1 ]; then
+  say "# benchmarks skipped (STP_GPU_SKIP_BENCH=1)"
+  JSON_SKIP=1
 fi
 
 # ---- 3. benchmarks ----------------------------------------------------------------------------------------
 export STP_BENCH_JSON=$JSON STP_BENCH_STEPS=$STEPS
-if [ -n "$BIN" ]; then
+if [ "${JSON_SKIP:-0}" = 1 ]; then BENCH_MODELS=""; else BENCH_MODELS="gpt-125m gpt-1.3b llama7b-slice"; fi
+if [ -n "$BIN" ] && [ -n "$BENCH_MODELS" ]; then
   run_check "bench stp gemm-8192" 60 "$BIN" "bench: large bf16 GEMM through cuBLASLt"
 fi
-run_check "bench torch gemm-8192" 120 python3 "$ROOT/scripts/bench_gpu.py" --models gemm-8192 --json "$JSON"
-for model in gpt-125m gpt-1.3b llama7b-slice; do
+[ -n "$BENCH_MODELS" ] && run_check "bench torch gemm-8192" 120 python3 "$ROOT/scripts/bench_gpu.py" --models gemm-8192 --json "$JSON"
+for model in $BENCH_MODELS; do
   if [ -n "$BIN" ]; then
     STP_BENCH_MODELS=$model run_check "bench stp $model" 150 "$BIN" "bench: one training step of single-GPU models"
   fi
