@@ -11,28 +11,15 @@
 #include <string>
 
 #include "runtime/core/config.h"
+#include "tests/run_util.h"
 
 namespace fs = std::filesystem;
 using namespace stp;
 
 namespace {
 
-struct RunResult {
-  int rc = -1;
-  std::string out;  // stdout + stderr
-};
-
-RunResult run(const std::string& cmd) {
-  RunResult r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using stp_test::RunResult;
+RunResult run(const std::string& cmd) { return stp_test::run_command(cmd); }
 
 std::string base_yaml() {
   return "model: {layers: 4, hidden: 64, heads: 4, vocab: 256, seq_len: 16}\n"

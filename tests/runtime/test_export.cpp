@@ -18,6 +18,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/run_util.h"
 #include "model/hf_io.h"
 #include "runtime/checkpoint.h"
 #include "runtime/init_from.h"
@@ -34,22 +35,8 @@ std::string temp_dir() {
   return tmpl;
 }
 
-struct RunResult {
-  int rc = -1;
-  std::string out;
-};
-
-RunResult run(const std::string& cmd) {
-  RunResult r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using stp_test::RunResult;
+RunResult run(const std::string& cmd) { return stp_test::run_command(cmd); }
 
 // step -> loss from a run's metrics.jsonl (the summary line has no "loss" per step and is skipped).
 std::map<int64_t, double> losses(const std::string& out_dir) {

@@ -10,18 +10,13 @@
 #include <sstream>
 #include <string>
 
+#include "tests/run_util.h"
+
 namespace {
 
 std::pair<int, std::string> run(const std::string& args) {
-  const std::string cmd = std::string(STP_BINARY) + " " + args + " 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+  const stp_test::RunResult r = stp_test::run_command(std::string(STP_BINARY) + " " + args, false);
+  return {r.rc, r.out};
 }
 
 std::string slurp(const std::string& path) {
