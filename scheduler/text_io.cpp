@@ -22,18 +22,6 @@ char csv_kind(PassKind k) {
   return '?';
 }
 
-const char* text_kind(PassKind k) {
-  switch (k) {
-    case PassKind::F: return "F";
-    case PassKind::B: return "B";
-    case PassKind::W: return "W";
-    case PassKind::BW: return "BW";
-  }
-  return "?";
-}
-
-std::string pass_to_text(const Pass& p) { return text_kind(p.kind) + str(p.stage) + "." + str(p.mb); }
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
@@ -338,6 +326,24 @@ PipelineParseResult pipeline_from_csv(const std::string& text, int pp, int chunk
   prog.ranks = std::move(ranks);
   res.program = std::move(prog);
   return res;
+}
+
+const char* pass_kind_text(PassKind k) {
+  switch (k) {
+    case PassKind::F: return "F";
+    case PassKind::B: return "B";
+    case PassKind::W: return "W";
+    case PassKind::BW: return "BW";
+  }
+  return "?";
+}
+
+std::string pass_to_text(const Pass& p) {
+  return pass_kind_text(p.kind) + std::to_string(p.stage) + "." + std::to_string(p.mb);
+}
+
+std::string step_to_text(const Step& s) {
+  return s.braided ? pass_to_text(s.a) + " & " + pass_to_text(s.b) : pass_to_text(s.a);
 }
 
 }  // namespace stp

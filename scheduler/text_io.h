@@ -27,6 +27,12 @@ std::string pass_to_csv(const Pass& p);
 // "3F1" or "(3F1;3I0)".
 std::string step_to_csv(const Step& s);
 
+// The human notation of pipeline_to_text: "F3.0" (kind, stage, micro-batch), "BW3.0";
+// a braided step "F7.1 & B7.0".
+const char* pass_kind_text(PassKind k);
+std::string pass_to_text(const Pass& p);
+std::string step_to_text(const Step& s);
+
 std::string pipeline_to_csv(const PipelineProgram& prog);
 std::string pipeline_to_text(const PipelineProgram& prog);
 

@@ -2,6 +2,8 @@
 // depth (contract in validate_pipeline.h).
 #include "scheduler/validate_pipeline.h"
 
+#include "scheduler/text_io.h"
+
 #include <algorithm>
 #include <set>
 
@@ -10,19 +12,9 @@ namespace {
 
 std::string str(int v) { return std::to_string(v); }
 
-const char* kind_name(PassKind k) {
-  switch (k) {
-    case PassKind::F: return "F";
-    case PassKind::B: return "B";
-    case PassKind::W: return "W";
-    case PassKind::BW: return "BW";
-  }
-  return "?";
-}
-
 // "F3.0": kind, stage, micro-batch (the pipeline_to_text notation).
-std::string label(const Pass& p) { return kind_name(p.kind) + str(p.stage) + "." + str(p.mb); }
-std::string label(const Step& s) { return s.braided ? label(s.a) + " & " + label(s.b) : label(s.a); }
+std::string label(const Pass& p) { return pass_to_text(p); }
+std::string label(const Step& s) { return step_to_text(s); }
 
 int unit_cost(PassKind k) { return k == PassKind::BW ? 2 : 1; }
 

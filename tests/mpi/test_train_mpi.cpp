@@ -58,18 +58,7 @@ Dist make_trainer(const Config& cfg) {
   return d;
 }
 
-std::vector<StepReport> run_steps(Trainer& tr, int n) {
-  std::vector<StepReport> out;
-  for (int i = 0; i < n; ++i) {
-    StepReport r;
-    bool fatal = false;
-    const std::string err = tr.step(&r, &fatal);
-    INFO(err);
-    REQUIRE(err.empty());
-    out.push_back(r);
-  }
-  return out;
-}
+using stp_test::run_steps;
 
 // The single-rank reference: tp 1, pp 1, one stage, the same global batch (dp*M micro-batches).
 struct RefRun {

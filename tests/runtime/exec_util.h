@@ -4,8 +4,11 @@
 #include <string>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
 #include "model/desc/desc.h"
 #include "runtime/core/config.h"
+#include "runtime/trainer.h"
 #include "scheduler/lower.h"
 #include "scheduler/schedules.h"
 
@@ -64,6 +67,20 @@ inline Built build_program(const stp::Config& cfg) {
   }
   b.prog = std::move(*lr.program);
   return b;
+}
+
+// Runs `n` training steps, requiring each to succeed; returns their reports.
+inline std::vector<stp::StepReport> run_steps(stp::Trainer& tr, int n) {
+  std::vector<stp::StepReport> out;
+  for (int i = 0; i < n; ++i) {
+    stp::StepReport r;
+    bool fatal = false;
+    const std::string err = tr.step(&r, &fatal);
+    INFO(err);
+    REQUIRE(err.empty());
+    out.push_back(r);
+  }
+  return out;
 }
 
 }  // namespace stp_test

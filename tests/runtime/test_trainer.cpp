@@ -39,18 +39,7 @@ struct Run {
   }
 };
 
-std::vector<StepReport> train(Trainer& tr, int steps) {
-  std::vector<StepReport> out;
-  for (int i = 0; i < steps; ++i) {
-    StepReport r;
-    bool fatal = false;
-    const std::string err = tr.step(&r, &fatal);
-    INFO(err);
-    REQUIRE(err.empty());
-    out.push_back(r);
-  }
-  return out;
-}
+std::vector<StepReport> train(Trainer& tr, int steps) { return stp_test::run_steps(tr, steps); }
 
 // The micro-batches the trainer reads at `step` (dp 1), for the reference.
 std::vector<MicroBatch> batches(const Config& cfg, int64_t step) {

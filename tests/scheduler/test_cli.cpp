@@ -11,19 +11,15 @@
 #include <string>
 
 #include "tests/run_util.h"
+#include "tests/scheduler/sched_test_util.h"
+
+using stp_test::read_golden;
 
 namespace {
 
 std::pair<int, std::string> run(const std::string& args) {
   const stp_test::RunResult r = stp_test::run_command(std::string(STP_BINARY) + " " + args, false);
   return {r.rc, r.out};
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 const std::string kBase = std::string(" --config ") + STP_TEST_DIR + "/corpus/base.yaml";
@@ -33,10 +29,10 @@ const std::string kBase = std::string(" --config ") + STP_TEST_DIR + "/corpus/ba
 TEST_CASE("schedule --format csv prints the golden STP programs", "[cli]") {
   auto [rc, out] = run("schedule" + kBase + " --set schedule.microbatches=9 --format csv");
   CHECK(rc == 0);
-  CHECK(out == slurp(std::string(STP_GOLDEN_DIR) + "/stp_p2_m9.csv"));
+  CHECK(out == read_golden("stp_p2_m9.csv"));
   auto [rc4, out4] = run("schedule" + kBase + " --set parallel.pp=4 --set model.layers=8 --set schedule.microbatches=12 --format csv");
   CHECK(rc4 == 0);
-  CHECK(out4 == slurp(std::string(STP_GOLDEN_DIR) + "/stp_p4_m12.csv"));
+  CHECK(out4 == read_golden("stp_p4_m12.csv"));
 }
 
 TEST_CASE("simulate --json has the documented keys; unit cost gives 6M+P-1 for STP", "[cli]") {

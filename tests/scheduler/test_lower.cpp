@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "model/desc/desc.h"
+#include "tests/scheduler/sched_test_util.h"
 #include "scheduler/lower.h"
 #include "scheduler/schedules.h"
 #include "scheduler/simulator.h"
@@ -20,23 +21,13 @@
 #include "scheduler/validate_units.h"
 
 using namespace stp;
+using stp_test::read_golden;
+using stp_test::tiny_gpt;
 
 namespace {
 
-Config model_config(int tp, int pp, int layers) {
-  Config c;
-  c.model.layers = layers;
-  c.model.hidden = 64;
-  c.model.heads = 4;
-  c.model.vocab = 256;
-  c.model.seq_len = 16;
-  c.parallel.tp = tp;
-  c.parallel.pp = pp;
-  return c;
-}
-
 ModelDesc desc_for(int tp, int pp, int chunks, int layers_per_stage) {
-  const Config c = model_config(tp, pp, layers_per_stage * pp * chunks);
+  const Config c = tiny_gpt(tp, pp, layers_per_stage * pp * chunks);
   return model_desc_build(c, chunks, std::vector<int>(pp * chunks, layers_per_stage));
 }
 
@@ -297,11 +288,7 @@ TEST_CASE("every schedule lowers to valid unit programs", "[lower][validate]") {
 TEST_CASE("golden CSV programs lower to valid unit programs", "[lower][validate]") {
   const std::pair<const char*, int> files[] = {{"stp_p4_m12.csv", 4}, {"stp_p2_m9.csv", 2}, {"dualpipev_4rank_10mb.csv", 4}};
   for (const auto& [file, pp] : files) {
-    std::ifstream f(std::string(STP_GOLDEN_DIR) + "/" + file);
-    REQUIRE(f.good());
-    std::stringstream ss;
-    ss << f.rdbuf();
-    PipelineParseResult pr = pipeline_from_csv(ss.str(), pp, 2, Placement::V);
+    PipelineParseResult pr = pipeline_from_csv(read_golden(file), pp, 2, Placement::V);
     INFO(file);
     REQUIRE(pr.ok());
     const ModelDesc d = desc_for(2, pp, 2, 1);

@@ -9,24 +9,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/scheduler/sched_test_util.h"
 #include "scheduler/render.h"
 #include "scheduler/schedules.h"
 
 using namespace stp;
+using stp_test::tiny_gpt_schedule;
 
 namespace {
 
 SimResult sim(const std::string& sched, int pp, int M, int tp, double t_ar = 0) {
-  Config c;
-  c.model.layers = pp * pipeline_default_chunks(sched);
-  c.model.hidden = 64;
-  c.model.heads = 4;
-  c.model.vocab = 256;
-  c.model.seq_len = 16;
-  c.parallel.tp = tp;
-  c.parallel.pp = pp;
-  c.schedule.name = sched;
-  c.schedule.microbatches = M;
+  Config c = tiny_gpt_schedule(sched, pp, M, tp);
   c.schedule.t_ar = t_ar;
   SimOptions o;
   o.cost = CostMode::Unit;

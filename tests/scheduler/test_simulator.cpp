@@ -13,29 +13,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/scheduler/sched_test_util.h"
 #include "scheduler/cost.h"
 #include "scheduler/lower.h"
 #include "scheduler/schedules.h"
 #include "scheduler/simulator.h"
 
 using namespace stp;
+using stp_test::tiny_gpt_schedule;
 
 namespace {
 
 // A tiny GPT split into `layers_per_stage` layers on each of pp*chunks virtual stages.
 Config tiny(const std::string& sched, int pp, int M, int tp = 2, int layers_per_stage = 1) {
-  Config c;
-  const int chunks = pipeline_default_chunks(sched);
-  c.model.layers = layers_per_stage * pp * chunks;
-  c.model.hidden = 64;
-  c.model.heads = 4;
-  c.model.vocab = 256;
-  c.model.seq_len = 16;
-  c.parallel.tp = tp;
-  c.parallel.pp = pp;
-  c.schedule.name = sched;
-  c.schedule.microbatches = M;
-  return c;
+  return tiny_gpt_schedule(sched, pp, M, tp, layers_per_stage);
 }
 
 SimResult run_unit(Config c, double t_ar = 0) {

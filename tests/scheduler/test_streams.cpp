@@ -17,11 +17,13 @@
 #include <tuple>
 
 #include "model/desc/desc.h"
+#include "tests/scheduler/sched_test_util.h"
 #include "scheduler/lower.h"
 #include "scheduler/schedules.h"
 #include "scheduler/streams.h"
 
 using namespace stp;
+using stp_test::tiny_gpt;
 
 namespace {
 
@@ -262,18 +264,6 @@ Clocks clocks_of(const StreamPlan& p) {
   return c;
 }
 
-Config model_config(int tp, int pp, int layers) {
-  Config c;
-  c.model.layers = layers;
-  c.model.hidden = 64;
-  c.model.heads = 4;
-  c.model.vocab = 256;
-  c.model.seq_len = 16;
-  c.parallel.tp = tp;
-  c.parallel.pp = pp;
-  return c;
-}
-
 // Checks one rank's plan against the data flow of its program (TensorAccess: what each op reads
 // and writes). Returns the first violation, or "".
 std::string check_data_flow(const std::vector<Op>& ops, const StreamPlan& p, const TensorAccess& access, int rank) {
@@ -329,7 +319,7 @@ TEST_CASE("streams: every schedule's lowered programs, one cross-stream wait per
     for (const std::string& name : pipeline_schedule_names()) {
       const int chunks = pipeline_default_chunks(name);
       const int M = std::max(pipeline_min_microbatches(name, P), 2 * P);
-      const Config cfg = model_config(tp, P, 2 * P * chunks);
+      const Config cfg = tiny_gpt(tp, P, 2 * P * chunks);
       const ModelDesc desc = model_desc_build(cfg, chunks, std::vector<int>(P * chunks, 2));
       const PipelineProgram prog = pipeline_generate(name, P, M, chunks);
       LowerOptions lo;

@@ -9,21 +9,15 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/scheduler/sched_test_util.h"
 #include "scheduler/schedules.h"
 #include "scheduler/text_io.h"
 #include "scheduler/validate_pipeline.h"
 
 using namespace stp;
+using stp_test::read_golden;
 
 namespace {
-
-std::string read_golden(const std::string& name) {
-  std::ifstream f(std::string(STP_GOLDEN_DIR) + "/" + name);
-  REQUIRE(f.good());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 void require_same_program(const PipelineProgram& got, const PipelineProgram& want) {
   CHECK(got.pp == want.pp);

@@ -9,23 +9,17 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/scheduler/sched_test_util.h"
 #include "scheduler/schedules.h"
 #include "scheduler/text_io.h"
 #include "scheduler/validate_pipeline.h"
 
 using namespace stp;
+using stp_test::golden_program;
 
 namespace {
 
-PipelineProgram golden(const std::string& file, int pp) {
-  std::ifstream f(std::string(STP_GOLDEN_DIR) + "/" + file);
-  REQUIRE(f.good());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  PipelineParseResult r = pipeline_from_csv(ss.str(), pp, 2, Placement::V);
-  REQUIRE(r.ok());
-  return *r.program;
-}
+PipelineProgram golden(const std::string& file, int pp) { return golden_program(file, pp); }
 
 // Index of the first step on `rank` whose CSV form is `csv` (e.g. "0F5" or "(7F1;7I0)").
 size_t find_step(const PipelineProgram& p, int rank, const std::string& csv) {
