@@ -40,6 +40,15 @@ struct ParamInit {
   bool randomize_all = false;  // tests: no zero biases, no unit norm weights
 };
 
+// The initialisation a run config asks for (train.seed, model.init_std, model.layers).
+inline ParamInit param_init_of(const Config& cfg) {
+  ParamInit init;
+  init.seed = cfg.train.seed;
+  init.init_std = cfg.model.init_std;
+  init.layers = cfg.model.layers;
+  return init;
+}
+
 // The parameters of one virtual stage on one TP rank.
 template <typename T>
 class StageParams {

@@ -6,10 +6,7 @@ namespace stp {
 RankModel::RankModel(const Config& cfg, const ModelDesc& desc, const PipelineProgram& pipe,
                      int pp_rank, int tp_rank)
     : cfg_(cfg), desc_(desc), shape_(model_shape(cfg, tp_rank)) {
-  ParamInit init;
-  init.seed = cfg.train.seed;
-  init.init_std = cfg.model.init_std;
-  init.layers = cfg.model.layers;
+  const ParamInit init = param_init_of(cfg);
   for (int s = 0; s < int(desc.stages.size()); ++s) {
     if (stage_rank(pipe.placement, pipe.pp, s) != pp_rank) continue;
     stages_.push_back(s);

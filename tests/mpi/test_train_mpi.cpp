@@ -67,10 +67,7 @@ struct RefRun {
   explicit RefRun(const Config& dist) : cfg(dist) {
     cfg.parallel = ParallelConfig{};
     cfg.schedule.microbatches = dist.schedule.microbatches * dist.parallel.dp;
-    ParamInit init;
-    init.seed = cfg.train.seed;
-    init.init_std = cfg.model.init_std;
-    init.layers = cfg.model.layers;
+    const ParamInit init = param_init_of(cfg);
     REQUIRE(reference_init(ref, cfg, {}, init).empty());
   }
   std::vector<MicroBatch> batches(int64_t step) const {

@@ -82,10 +82,7 @@ TEST_CASE("single-rank trainer equals the reference step, loss and norm", "[trai
     Run run(cfg);
     REQUIRE(run.error.empty());
     Reference<float> ref;
-    ParamInit init;
-    init.seed = cfg.train.seed;
-    init.init_std = cfg.model.init_std;
-    init.layers = cfg.model.layers;
+    const ParamInit init = param_init_of(cfg);
     REQUIRE(reference_init(ref, cfg, {}, init).empty());
     for (int s = 1; s <= 3; ++s) {
       RefStats rs;
@@ -116,10 +113,7 @@ TEST_CASE("single-rank gradients equal the reference tensor by tensor", "[traine
   const FullState got = run.tr->gather_full(true, &err);
   REQUIRE(err.empty());
   Reference<float> ref;
-  ParamInit init;
-  init.seed = cfg.train.seed;
-  init.init_std = cfg.model.init_std;
-  init.layers = cfg.model.layers;
+  const ParamInit init = param_init_of(cfg);
   REQUIRE(reference_init(ref, cfg, {}, init).empty());
   RefStats rs;
   REQUIRE(reference_forward_backward(ref, batches(cfg, 1), &rs).empty());

@@ -9,6 +9,7 @@
 
 #include "runtime/core/config.h"
 #include "scheduler/schedules.h"
+#include "scheduler/simulator.h"
 #include "scheduler/text_io.h"
 
 namespace stp_test {
@@ -49,6 +50,17 @@ inline stp::Config tiny_gpt_schedule(const std::string& sched, int pp, int M, in
   c.schedule.name = sched;
   c.schedule.microbatches = M;
   return c;
+}
+
+// One iteration of `c` with unit costs (F = B = W = 1 per chunk, a TP collective = t_ar).
+inline stp::SimResult simulate_unit(stp::Config c, double t_ar = 0) {
+  c.schedule.t_ar = t_ar;
+  stp::SimOptions o;
+  o.cost = stp::CostMode::Unit;
+  stp::SimResult r = stp::simulate(c, o);
+  INFO(r.error);
+  REQUIRE(r.ok());
+  return r;
 }
 
 }  // namespace stp_test

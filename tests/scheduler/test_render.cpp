@@ -19,14 +19,7 @@ using stp_test::tiny_gpt_schedule;
 namespace {
 
 SimResult sim(const std::string& sched, int pp, int M, int tp, double t_ar = 0) {
-  Config c = tiny_gpt_schedule(sched, pp, M, tp);
-  c.schedule.t_ar = t_ar;
-  SimOptions o;
-  o.cost = CostMode::Unit;
-  SimResult r = simulate(c, o);
-  INFO(r.error);
-  REQUIRE(r.ok());
-  return r;
+  return stp_test::simulate_unit(tiny_gpt_schedule(sched, pp, M, tp), t_ar);
 }
 
 std::vector<std::string> lines_of(const std::string& s) {

@@ -29,15 +29,7 @@ Config tiny(const std::string& sched, int pp, int M, int tp = 2, int layers_per_
   return tiny_gpt_schedule(sched, pp, M, tp, layers_per_stage);
 }
 
-SimResult run_unit(Config c, double t_ar = 0) {
-  c.schedule.t_ar = t_ar;
-  SimOptions o;
-  o.cost = CostMode::Unit;
-  SimResult r = simulate(c, o);
-  INFO(r.error);
-  REQUIRE(r.ok());
-  return r;
-}
+SimResult run_unit(const Config& c, double t_ar = 0) { return stp_test::simulate_unit(c, t_ar); }
 
 // Independent reference: a slot-level run of the pipeline program with unit costs and free,
 // unordered communication. A pass is a list of slots: F one per unit with an F (1/nF each), B one
