@@ -9,6 +9,7 @@
 #include "model/desc/desc.h"
 #include "model/hf_io.h"
 #include "runtime/checkpoint.h"
+#include "scheduler/program.h"
 #include "scheduler/schedules.h"
 
 namespace stp {
@@ -74,10 +75,11 @@ std::string checkpoint_full_state(const Config& cfg_in, const std::string& root,
   const std::optional<int64_t> latest = checkpoint_latest(root);
   if (!latest) return "no complete checkpoint (step_*/manifest.json) under '" + root + "'";
   Config cfg = cfg_in;  // chunks resolved as the trainer resolves them (Trainer::build)
-  const std::string& sched = cfg.schedule.name;
-  const int chunks = cfg.parallel.chunks > 0 ? cfg.parallel.chunks : pipeline_default_chunks(sched);
+  const int chunks = config_chunks(cfg);
   cfg.parallel.chunks = chunks;
-  const Placement pl = pipeline_placement(sched);
+  const ProgramResult prog = pipeline_from_config(cfg);  // its placement (also for csv schedules)
+  if (!prog.ok()) return prog.error;
+  const Placement pl = prog.program->placement;
   const nlohmann::json compat = checkpoint_compat(cfg, chunks, pl == Placement::V ? "v" : "looped");
   ManifestResult man = checkpoint_read_manifest(root, *latest, compat);
   if (!man.error.empty()) return man.error;

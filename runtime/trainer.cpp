@@ -11,6 +11,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/init_from.h"
 #include "runtime/optimizer.h"
+#include "scheduler/program.h"
 #include "scheduler/schedules.h"
 
 namespace stp {
@@ -45,14 +46,17 @@ Trainer::Result Trainer::create(const Config& cfg, const Topology& topo, Communi
 
 std::string Trainer::build() {
   const std::string& name = cfg_.schedule.name;
-  const int pp = cfg_.parallel.pp, M = cfg_.schedule.microbatches;
-  chunks_ = cfg_.parallel.chunks > 0 ? cfg_.parallel.chunks : pipeline_default_chunks(name);
+  const int M = cfg_.schedule.microbatches;
+  chunks_ = config_chunks(cfg_);
   cfg_.parallel.chunks = chunks_;
-  if (auto bad = pipeline_check_args(name, pp, M, chunks_)) return "schedule: " + *bad;
+  // The same program the simulator and `stp-train schedule` see: generated, or imported from
+  // schedule.file (csv), validated either way.
+  ProgramResult pr = pipeline_from_config(cfg_);
+  if (!pr.ok()) return "schedule: " + pr.error;
   desc_ = model_desc_build(cfg_, chunks_, config_stage_layers(cfg_));
   LowerOptions lo;
   lo.dp = cfg_.parallel.dp;
-  LowerResult lr = lower(pipeline_generate(name, pp, M, chunks_), desc_, lo);
+  LowerResult lr = lower(std::move(*pr.program), desc_, lo);
   if (!lr.ok()) return "schedule " + name + ": " + lr.error;
   prog_ = std::move(*lr.program);
   model_ = std::make_unique<RankModel>(cfg_, desc_, prog_.pipeline, topo_.me.pp, topo_.me.tp);

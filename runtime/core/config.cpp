@@ -50,10 +50,13 @@ int schedule_min_microbatches(const std::string& name, int pp, int chunks) {
   return 1;
 }
 
+int config_chunks(const Config& cfg) {
+  return cfg.parallel.chunks > 0 ? cfg.parallel.chunks : schedule_default_chunks(cfg.schedule.name);
+}
+
 std::vector<int> config_stage_layers(const Config& cfg) {
   if (!cfg.parallel.stage_layers.empty()) return cfg.parallel.stage_layers;
-  int chunks = cfg.parallel.chunks > 0 ? cfg.parallel.chunks : schedule_default_chunks(cfg.schedule.name);
-  const int S = cfg.parallel.pp * chunks;
+  const int S = cfg.parallel.pp * config_chunks(cfg);
   return std::vector<int>(S, S > 0 ? cfg.model.layers / S : 0);
 }
 

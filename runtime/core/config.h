@@ -178,6 +178,8 @@ const std::vector<std::string>& schedule_names();
 int schedule_min_microbatches(const std::string& name, int pp, int chunks);
 // Model chunks per rank a schedule uses by default (2 for V schedules and 1f1b-i, else 1).
 int schedule_default_chunks(const std::string& name);
+// Model chunks per rank of this run: parallel.chunks, or the schedule's default (required with csv).
+int config_chunks(const Config& cfg);
 // Number of layers on each virtual stage (pp*chunks entries), from stage_layers or an even split.
 std::vector<int> config_stage_layers(const Config& cfg);
 

@@ -10,6 +10,8 @@
 #include <sstream>
 #include <string>
 
+#include "runtime/core/config.h"
+#include "scheduler/schedules.h"
 #include "tests/run_util.h"
 #include "tests/scheduler/sched_test_util.h"
 
@@ -64,4 +66,16 @@ TEST_CASE("schedule rejects an invalid imported CSV naming the rank and step", "
                        " --set parallel.chunks=1 --set schedule.microbatches=1 --set model.layers=2 --format csv");
   CHECK(rc == 2);
   CHECK(out.empty());
+}
+
+// The config loader (runtime/core, which cannot see the scheduler) keeps its own table of schedule
+// defaults for validation; fails if it drifts from the generators' table.
+TEST_CASE("the config's schedule rules agree with the generators'", "[cli][config]") {
+  for (const std::string& name : stp::pipeline_schedule_names()) {
+    INFO(name);
+    CHECK(stp::schedule_default_chunks(name) == stp::pipeline_default_chunks(name));
+    for (int pp : {1, 2, 3, 4, 8})
+      CHECK(stp::schedule_min_microbatches(name, pp, stp::pipeline_default_chunks(name)) ==
+            stp::pipeline_min_microbatches(name, pp));
+  }
 }
