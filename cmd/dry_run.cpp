@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "cmd/commands.h"
+#include "scheduler/schedules.h"
 
 namespace stp {
 
@@ -29,7 +30,7 @@ int cmd_dry_run(const Config& cfg, const LaunchEnv& env_in) {
     return 2;
   }
   const Topology t = topology_build(cfg.parallel, env);
-  const bool v = cfg.schedule.name == "stp" || cfg.schedule.name == "zb-v" || cfg.schedule.name == "dualpipe-v";
+  const bool v = pipeline_placement(cfg.schedule.name) == Placement::V;
   std::printf("# config: %s (schedule %s, launcher %s)\n", cfg.source.c_str(), cfg.schedule.name.c_str(),
               env.launcher.c_str());
   std::printf("%s\n", t.to_string().c_str());

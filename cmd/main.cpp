@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   app.add_flag("--dry-run", common.dry_run, "resolve the config and topology, print them, exit");
 
-  CLI::App* train = app.add_subcommand("train", "train (the default when no subcommand is given)");
+  app.add_subcommand("train", "train (the default when no subcommand is given)");
   CLI::App* simulate = app.add_subcommand("simulate", "run the schedule on the cost model (no GPU)");
   simulate->add_flag("--compare", sim.compare, "simulate every schedule valid for the config, ranked");
   simulate->add_flag("--json", sim.json, "print JSON instead of a table");
@@ -86,7 +86,6 @@ int main(int argc, char** argv) {
   if (*simulate) return common.dry_run ? stp::cmd_dry_run(cfg, *launch.env) : stp::cmd_simulate(cfg, sim);
   if (*schedule) return common.dry_run ? stp::cmd_dry_run(cfg, *launch.env) : stp::cmd_schedule(cfg, sched);
   if (*exportc) return stp::cmd_export(cfg, exp);
-  (void)train;
   if (common.dry_run) return stp::cmd_dry_run(cfg, *launch.env);
   return stp::cmd_train(cfg, *launch.env, common);
 }
