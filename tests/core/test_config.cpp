@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 
 #include "runtime/core/config.h"
@@ -131,4 +132,34 @@ TEST_CASE("unknown flags and a missing --config are usage errors (exit 2)", "[cl
   const RunResult h = run(std::string(STP_BINARY) + " --help");
   CHECK(h.rc == 0);
   CHECK(h.out.find("Examples:") != std::string::npos);
+}
+
+// Fails if any byte-level mutation of a valid config crashes the binary or exits with anything but
+// 0 or 2 (with an "error: " line): the loader must turn every input into a config or a clear error.
+TEST_CASE("mutated config files never crash the loader", "[config][fuzz]") {
+  std::ifstream in(std::string(STP_TEST_DIR) + "/corpus/base.yaml");
+  std::string base((std::istreambuf_iterator<char>(in)), {});
+  const std::string inc = "../../configs/models/tiny-gpt.yaml";
+  base.replace(base.find(inc), inc.size(), std::string(STP_TEST_DIR) + "/../configs/models/tiny-gpt.yaml");
+  const std::string alphabet = ":{}[],-?&*!|>'\"%@`#\t\n 0123456789abcxyz.";
+  std::mt19937 rng(7);
+  const fs::path path = fs::temp_directory_path() / "stp_fuzz.yaml";
+  for (int i = 0; i < 120; ++i) {
+    std::string s = base;
+    const int edits = 1 + int(rng() % 6);
+    for (int e = 0; e < edits && !s.empty(); ++e) {
+      const size_t k = rng() % s.size();
+      const char c = alphabet[rng() % alphabet.size()];
+      switch (rng() % 3) {
+        case 0: s[k] = c; break;
+        case 1: s.insert(s.begin() + long(k), c); break;
+        default: s.erase(k, 1);
+      }
+    }
+    std::ofstream(path) << s;
+    const RunResult r = run(std::string(STP_BINARY) + " --config " + path.string() + " --dry-run");
+    INFO("mutation " << i << ":\n" << s << "\noutput: " << r.out);
+    REQUIRE((r.rc == 0 || r.rc == 2));
+    if (r.rc == 2) CHECK(r.out.find("error: ") != std::string::npos);
+  }
 }
