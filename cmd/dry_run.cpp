@@ -15,6 +15,35 @@ std::string list(const std::vector<int>& v) {
   return s + "]";
 }
 
+// What each virtual stage holds and which pipeline rank runs it (the validator's view).
+void print_stages(const Config& cfg) {
+  const int chunks = config_chunks(cfg), S = cfg.parallel.pp * chunks;
+  const std::vector<int> llm = config_stage_layers(cfg), vis = config_vision_stage_layers(cfg, S);
+  const Placement pl = pipeline_placement(cfg.schedule.name);
+  std::printf("# virtual stages: %d chunk(s) per rank, %s placement\n#  stage  pp rank  holds\n", chunks,
+              pl == Placement::V ? "V" : "looped");
+  int l0 = 0, v0 = 0;
+  bool merged = false;
+  for (int s = 0; s < S; ++s) {
+    std::string h;
+    auto add = [&](const std::string& x) { h += (h.empty() ? "" : ", ") + x; };
+    auto range = [](const char* what, int a, int n) {
+      return std::string(what) + " " + std::to_string(a) + (n > 1 ? "-" + std::to_string(a + n - 1) : "");
+    };
+    if (s == 0) add(cfg.model.vision.enabled ? "patch embedding" : "embedding");
+    if (vis[size_t(s)] > 0) add(range("vision blocks", v0, vis[size_t(s)]));
+    if (cfg.model.vision.enabled && !merged && v0 + vis[size_t(s)] == cfg.model.vision.layers) {
+      add("merger + text embedding");
+      merged = true;
+    }
+    if (llm[size_t(s)] > 0) add(range("layers", l0, llm[size_t(s)]));
+    if (s == S - 1) add("head + loss");
+    std::printf("  %5d  %7d  %s\n", s, stage_rank(pl, cfg.parallel.pp, s), h.c_str());
+    l0 += llm[size_t(s)];
+    v0 += vis[size_t(s)];
+  }
+}
+
 }  // namespace
 
 int cmd_dry_run(const Config& cfg, const LaunchEnv& env_in) {
@@ -41,6 +70,7 @@ int cmd_dry_run(const Config& cfg, const LaunchEnv& env_in) {
   std::vector<std::string> hosts(t.world());
   hosts[t.rank] = env.host;
   std::printf("%s", topology_table(t, hosts).c_str());
+  print_stages(cfg);
   std::printf("%s\n", config_to_json(cfg).c_str());
   return 0;
 }

@@ -27,7 +27,9 @@
 
 namespace stp {
 
-enum class DType : uint8_t { F32, F64, I32, I64, U8 };
+// BF16: bfloat16 (the CUDA path's activations); reduced by NCCL, moved (not reduced) by the MPI
+// backend, whose host path is fp32.
+enum class DType : uint8_t { F32, F64, I32, I64, U8, BF16 };
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);  // "f32", ...
 

@@ -61,6 +61,7 @@ MPI_Datatype mpi_dtype(DType t) {
     case DType::I32: return MPI_INT32_T;
     case DType::I64: return MPI_INT64_T;
     case DType::U8: return MPI_UINT8_T;
+    case DType::BF16: return MPI_UINT16_T;  // moved bit for bit; check() refuses reducing it
   }
   return MPI_DATATYPE_NULL;
 }
@@ -425,6 +426,8 @@ std::string MpiCommunicator::check(const CommOpInfo& in, const void* send, const
            std::to_string(n);
   if (p2p && in.peer == my_index_[int(in.group)])
     return "point-to-point with itself (hand the tensor over locally)";
+  if (in.dtype == DType::BF16 && (in.kind == CommOpKind::AllReduce || in.kind == CommOpKind::ReduceScatter))
+    return "the MPI backend does not reduce bf16 (its host path is fp32)";
   if ((in.kind == CommOpKind::AllGather || in.kind == CommOpKind::ReduceScatter) && send == recv &&
       send != nullptr)
     return "send and recv must be different buffers";

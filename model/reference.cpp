@@ -51,6 +51,8 @@ std::string run_pass(Reference<T>& ref, int stage, int mbi, const MicroBatch& mb
   for (size_t r = 0; r < ref.stores.size(); ++r) {
     UnitCtx<T> ctx;
     ctx.shape = &ref.shapes[r];
+    ctx.vshape = ref.vshapes.empty() ? nullptr : &ref.vshapes[r];
+    ctx.pixels = mb.pixels.empty() ? nullptr : mb.pixels.data();
     ctx.stage = &sd;
     ctx.params = &ref.params[r][size_t(stage)];
     ctx.store = ref.stores[r].get();
@@ -205,6 +207,7 @@ std::string reference_init(Reference<T>& ref, const Config& cfg, std::vector<int
   }
   const int tp = cfg.parallel.tp, S = int(layer_split.size());
   ref.shapes.clear();
+  ref.vshapes.clear();
   ref.params.assign(size_t(tp), {});
   ref.adam_m.assign(size_t(tp), {});
   ref.adam_v.assign(size_t(tp), {});
@@ -212,6 +215,7 @@ std::string reference_init(Reference<T>& ref, const Config& cfg, std::vector<int
   ref.ws.assign(size_t(tp), Workspace<T>());
   for (int r = 0; r < tp; ++r) {
     ref.shapes.push_back(model_shape(cfg, r));
+    if (cfg.model.vision.enabled) ref.vshapes.push_back(vision_shape(cfg, r));
     ref.stores.push_back(std::make_unique<ActivationStore<T>>(ref.desc));
     for (int s = 0; s < S; ++s) {
       ref.params[size_t(r)].emplace_back(ref.desc.stages[size_t(s)], tp, r, init);
@@ -238,7 +242,11 @@ std::string reference_forward_backward(Reference<T>& ref, const std::vector<Micr
     for (auto& rank : ref.params)
       for (auto& sp : rank) sp.zero_grads();
   for (auto& st : ref.stores) st->reset_peak();
-  const float loss_scale = float(1.0 / (double(N) * double(mbs.size())));
+  int64_t loss_tokens = 0;
+  for (const MicroBatch& mb : mbs)
+    for (int t : mb.targets) loss_tokens += t >= 0;
+  if (loss_tokens == 0) return "reference: every target is -1 (no token carries a loss)";
+  const float loss_scale = float(1.0 / double(loss_tokens));
   double loss_sum = 0;
   std::vector<std::vector<T>> acc;  // w_overwrite: the ordered sum of the scratch gradients
   for (int i = 0; i < int(mbs.size()); ++i) {
@@ -257,7 +265,7 @@ std::string reference_forward_backward(Reference<T>& ref, const std::vector<Micr
     if (!st->live_names().empty()) return "reference: tensor leaked: " + st->live_names()[0];
   finish_grads(ref);
   if (stats) {
-    stats->loss = loss_sum / (double(N) * double(mbs.size()));
+    stats->loss = loss_sum / double(loss_tokens);
     stats->peak_act_bytes = ref.stores[0]->peak_bytes();
     double sq = 0;
     for (size_t r = 0; r < ref.params.size(); ++r)

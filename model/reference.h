@@ -7,7 +7,8 @@
 // - Order per micro-batch: F of stages 0..S-1 (units in forward order), then per stage S-1..0 the
 //   unsplit backward of the lowering's BW rule (per unit in backward order: B_u then W_u). Weight
 //   gradients accumulate (beta 1) over micro-batches in micro-batch order.
-// - Loss: the mean token loss over all micro-batches (Head.B's loss_scale = 1 / (N * M)).
+// - Loss: the mean token loss over all micro-batches (Head.B's loss_scale = 1 / the number of
+//   targets that are not -1, N * M for an LLM).
 // - End of backward: TP-partial gradients (ParamDesc::tp_partial_grad) are summed over the TP
 //   ranks; with tied embeddings on S > 1 stages the two embed.weight replicas' gradients are
 //   summed.
@@ -33,7 +34,8 @@ namespace stp {
 
 struct MicroBatch {
   std::vector<int> tokens;   // (N) = (b, T) input ids
-  std::vector<int> targets;  // (N) next-token ids
+  std::vector<int> targets;  // (N) next-token ids; -1 = no loss (a VLM's visual positions)
+  std::vector<float> pixels; // VLM: (b * images * Np, K) flattened patches; empty otherwise
 };
 
 template <typename T>
@@ -41,6 +43,7 @@ struct Reference {
   Config cfg;
   ModelDesc desc;                                   // tp = cfg.parallel.tp, one entry per stage
   std::vector<ModelShape> shapes;                   // [tp rank]
+  std::vector<ModelShape> vshapes;                  // [tp rank] the vision tower's (VLM only)
   std::vector<std::vector<StageParams<T>>> params;  // [tp rank][stage]
   std::vector<std::vector<std::vector<std::vector<T>>>> adam_m, adam_v;  // [tp][stage][param]
   std::vector<std::unique_ptr<ActivationStore<T>>> stores;               // [tp rank]

@@ -33,6 +33,35 @@ ModelShape model_shape(const Config& cfg, int tp_rank) {
   s.tie = m.tie_embeddings;
   s.eps = float(m.norm_eps);
   s.theta = float(m.rope_theta);
+  s.vis = vision_geometry(cfg).visual_tokens;
+  return s;
+}
+
+ModelShape vision_shape(const Config& cfg, int tp_rank) {
+  const VisionConfig& v = cfg.model.vision;
+  const VisionGeometry g = vision_geometry(cfg);
+  ModelShape s;
+  s.tp = cfg.parallel.tp;
+  s.tp_rank = tp_rank;
+  s.b = int64_t(cfg.schedule.micro_batch_size) * v.images_per_sample;
+  s.T = g.patches;
+  s.N = s.b * s.T;
+  s.C = v.hidden;
+  s.HD = v.hidden / v.heads;
+  s.NH_tp = s.NKV_tp = v.heads / s.tp;
+  s.QKV_tp = 3 * s.NH_tp * s.HD;
+  s.F_tp = s.F1_tp = v.ffn() / s.tp;
+  s.layernorm = true;
+  s.causal = false;
+  s.rope2d = true;
+  s.eps = 1e-6f;
+  s.theta = 10000.0f;
+  s.vis = g.visual_tokens;
+  s.grid = g.grid;
+  s.merge = v.merge_size;
+  s.K = g.patch_dim;
+  s.K_tp = g.patch_dim / s.tp;
+  s.Fm_tp = int64_t(v.merge_size) * v.merge_size * v.hidden / s.tp;
   return s;
 }
 
@@ -93,26 +122,31 @@ struct UnitIo {
     return p ? p->grad.data() : nullptr;
   }
   bool ok() const { return err.empty(); }
+  const UnitDesc& desc() const { return c.stage->units[size_t(unit)]; }
+  // The shape this unit runs on: the vision tower's for vision units.
+  const ModelShape& shape() const { return desc().vision ? *c.vshape : *c.shape; }
 };
 
-std::string layer_prefix(const UnitDesc& u) { return "layers." + std::to_string(u.layer) + "."; }
+std::string layer_prefix(const UnitDesc& u) {
+  return (u.vision ? "visual.blocks." : "layers.") + std::to_string(u.layer) + ".";
+}
 
 // The forward residual inputs of unit u: the previous unit's (reduced) output and its residual
 // stream x (-1 when the previous unit is In).
 template <typename T>
 void residual_inputs(UnitIo<T>& io, const T** prev_out, const T** prev_x) {
   const int p = io.unit - 1;
-  const bool from_in = io.c.stage->units[size_t(p)].kind == UnitKind::In;
+  const UnitKind pk = io.c.stage->units[size_t(p)].kind;
+  const bool from_in = pk == UnitKind::In || pk == UnitKind::Merge;
   *prev_out = io.in(from_in ? "out" : "partial", p);
   *prev_x = from_in ? nullptr : io.in("x", p);
 }
 
-// g (N, C) = the previous backward unit's g + its reduced dx (either may be absent).
+// g (n elements) = the previous backward unit's g + its reduced dx (either may be absent).
 template <typename T>
-void residual_grad(UnitIo<T>& io, T* g) {
+void residual_grad(UnitIo<T>& io, T* g, int64_t n) {
   const std::vector<int> order = io.c.stage->backward_order();
   const auto pos = std::find(order.begin(), order.end(), io.unit);
-  const int64_t n = io.c.shape->N * io.c.shape->C;
   if (pos == order.begin()) return io.fail("no earlier backward unit");
   const int prev = *(pos - 1);
   const T* pg = io.in("g", prev, true);
@@ -162,7 +196,57 @@ cpu::AttnShape attn_shape(const ModelShape& s) {
   a.NH = s.NH_tp;
   a.NKV = s.NKV_tp;
   a.HD = s.HD;
+  a.causal = s.causal;
   return a;
+}
+
+// Rotary embedding of the q and k heads of qkv (in place), forward or inverse.
+template <typename T>
+void rope_apply(const ModelShape& s, T* qkv, bool backward) {
+  if (s.rope2d) {
+    if (backward)
+      cpu::rope2d_backward(qkv, s.b, s.T, s.NH_tp, s.NKV_tp, s.HD, s.grid, s.merge, s.theta);
+    else
+      cpu::rope2d_forward(qkv, s.b, s.T, s.NH_tp, s.NKV_tp, s.HD, s.grid, s.merge, s.theta);
+  } else if (s.rope) {
+    if (backward)
+      cpu::rope_backward(qkv, s.b, s.T, s.NH_tp, s.NKV_tp, s.HD, s.theta);
+    else
+      cpu::rope_forward(qkv, s.b, s.T, s.NH_tp, s.NKV_tp, s.HD, s.theta);
+  }
+}
+
+// The visual rows of an (N, C) LLM tensor: sequence j's positions 1 .. vis, in sequence order,
+// against a contiguous (b*vis, C) buffer (the merger's token order).
+template <typename T>
+void gather_visual(const ModelShape& s, T* dst, const T* src) {
+  for (int64_t j = 0; j < s.b; ++j)
+    std::copy(src + (j * s.T + 1) * s.C, src + (j * s.T + 1 + s.vis) * s.C, dst + j * s.vis * s.C);
+}
+template <typename T>
+void scatter_visual(const ModelShape& s, T* dst, const T* src) {
+  for (int64_t j = 0; j < s.b; ++j)
+    std::copy(src + j * s.vis * s.C, src + (j + 1) * s.vis * s.C, dst + (j * s.T + 1) * s.C);
+}
+
+// This TP rank's column shard of the patches (N, K) as a dense (N, K_tp) matrix of T.
+template <typename T>
+const T* patch_shard(UnitIo<T>& io, const ModelShape& v) {
+  T* p = io.c.ws->get(1, v.N * v.K_tp);
+  const float* src = io.c.pixels + v.tp_rank * v.K_tp;
+  for (int64_t i = 0; i < v.N; ++i)
+    for (int64_t k = 0; k < v.K_tp; ++k) p[i * v.K_tp + k] = T(src[i * v.K + k]);
+  return p;
+}
+
+// Summed token loss of the rows whose target is not ignored (-1), from the reduced row max and
+// [sum-exp | target logit] statistics.
+template <typename T>
+double loss_rows_sum(const T* mx, const T* st, const int* targets, int64_t N) {
+  double sum = 0;
+  for (int64_t i = 0; i < N; ++i)
+    if (targets[i] >= 0) sum += std::log(double(st[i])) + double(mx[i]) - double(st[N + i]);
+  return sum;
 }
 
 // Parameter names of a norm: "<prefix>.weight" / ".bias".
@@ -178,8 +262,16 @@ NormNames norm_names(const std::string& prefix) { return {prefix + ".weight", pr
 
 template <typename T>
 static std::string in_forward(UnitIo<T>& io) {
-  const ModelShape& s = *io.c.shape;
+  const ModelShape& s = io.shape();
   if (!io.c.stage->first) return "";  // the executor received in.out
+  if (io.desc().vision) {  // patch embedding: out (N, Cv) = patches[:, shard] @ W[:, shard]^T
+    if (!io.c.pixels) return io.where() + ": no pixels given";
+    const T* w = io.w("visual.patch_embed.weight");
+    T* out = io.out("out");
+    if (!io.ok()) return io.err;
+    cpu::gemm(false, true, s.N, s.C, s.K_tp, T(1), patch_shard(io, s), s.K_tp, w, s.K_tp, T(0), out, s.C);
+    return "";
+  }
   if (!io.c.tokens) return io.where() + ": no tokens given";
   const T* wte = io.w("embed.weight");
   const T* wpe = s.tp_rank == 0 ? io.w("embed.pos", true) : nullptr;
@@ -192,15 +284,14 @@ static std::string in_forward(UnitIo<T>& io) {
 template <typename T>
 static std::string in_backward(UnitIo<T>& io) {
   T* g = io.out("g");
-  residual_grad(io, g);
+  residual_grad(io, g, io.shape().N * io.shape().C);
   return io.err;
 }
 
+// Token (and position) embedding gradients from the gradient g (N, C) at the embedding output.
 template <typename T>
-static std::string in_weight(UnitIo<T>& io) {
+static std::string embedding_weight(UnitIo<T>& io, const T* g) {
   const ModelShape& s = *io.c.shape;
-  if (!io.c.tokens) return io.where() + ": no tokens given";
-  const T* g = io.in("g");
   Param<T>* wte = io.param("embed.weight");
   Param<T>* wpe = io.param("embed.pos", true);
   if (!io.ok()) return io.err;
@@ -213,12 +304,29 @@ static std::string in_weight(UnitIo<T>& io) {
   return "";
 }
 
+template <typename T>
+static std::string in_weight(UnitIo<T>& io) {
+  const T* g = io.in("g");
+  if (io.desc().vision) {  // dW (Cv, K_tp) (+)= g^T @ patches[:, shard]
+    const ModelShape& v = io.shape();
+    if (!io.c.pixels) return io.where() + ": no pixels given";
+    T* dw = io.dw("visual.patch_embed.weight");
+    if (!io.ok()) return io.err;
+    cpu::gemm(true, false, v.C, v.K_tp, v.N, T(1), g, v.C, patch_shard(io, v), v.K_tp,
+              io.c.accumulate ? T(1) : T(0), dw, v.K_tp);
+    return "";
+  }
+  if (!io.c.tokens) return io.where() + ": no tokens given";
+  if (!io.ok()) return io.err;
+  return embedding_weight(io, g);
+}
+
 // ---- Attn
 // -----------------------------------------------------------------------------------------
 
 template <typename T>
 static std::string attn_forward(UnitIo<T>& io) {
-  const ModelShape& s = *io.c.shape;
+  const ModelShape& s = io.shape();
   const std::string lp = layer_prefix(io.c.stage->units[size_t(io.unit)]);
   const NormNames nn = norm_names(lp + "attn_norm");
   const T *prev_out = nullptr, *prev_x = nullptr;
@@ -231,7 +339,7 @@ static std::string attn_forward(UnitIo<T>& io) {
   if (!io.ok()) return io.err;
   norm_forward(s, n, stats, x, prev_out, prev_x, nw, nb);
   cpu::matmul_forward(qkv, n, wqkv, bqkv, s.N, s.C, s.QKV_tp);  // (N, QKV_tp)
-  if (s.rope) cpu::rope_forward(qkv, s.b, s.T, s.NH_tp, s.NKV_tp, s.HD, s.theta);
+  rope_apply(s, qkv, false);
   cpu::attention_forward(o, lse, qkv, attn_shape(s));  // o (N, NH_tp*HD)
   cpu::matmul_forward(partial, o, wo, s.tp_rank == 0 ? bo : nullptr, s.N, s.NH_tp * s.HD, s.C);
   return "";
@@ -239,10 +347,10 @@ static std::string attn_forward(UnitIo<T>& io) {
 
 template <typename T>
 static std::string attn_backward(UnitIo<T>& io) {
-  const ModelShape& s = *io.c.shape;
+  const ModelShape& s = io.shape();
   const std::string lp = layer_prefix(io.c.stage->units[size_t(io.unit)]);
   T* g = io.out("g");
-  residual_grad(io, g);
+  residual_grad(io, g, s.N * s.C);
   const T *x = io.in("x"), *stats = io.in("stats"), *qkv = io.in("qkv"), *lse = io.in("lse");
   const T* o = io.in("o");
   const T *nw = io.w(lp + "attn_norm.weight"), *wqkv = io.w(lp + "attn.qkv.weight");
@@ -253,7 +361,7 @@ static std::string attn_backward(UnitIo<T>& io) {
   T* d_o = io.c.ws->get(0, s.N * OW);  // (N, NH_tp*HD)
   cpu::matmul_backward(d_o, (T*)nullptr, (T*)nullptr, g, o, wo, s.N, OW, s.C, false);
   cpu::attention_backward(dqkv, d_o, qkv, o, lse, attn_shape(s));  // (N, QKV_tp)
-  if (s.rope) cpu::rope_backward(dqkv, s.b, s.T, s.NH_tp, s.NKV_tp, s.HD, s.theta);
+  rope_apply(s, dqkv, true);
   cpu::matmul_backward(dn, (T*)nullptr, (T*)nullptr, dqkv, x, wqkv, s.N, s.C, s.QKV_tp, false);
   norm_backward_input(s, dx, dn, x, stats, nw);
   return "";
@@ -261,7 +369,7 @@ static std::string attn_backward(UnitIo<T>& io) {
 
 template <typename T>
 static std::string attn_weight(UnitIo<T>& io) {
-  const ModelShape& s = *io.c.shape;
+  const ModelShape& s = io.shape();
   const std::string lp = layer_prefix(io.c.stage->units[size_t(io.unit)]);
   const bool acc = io.c.accumulate;
   const T *x = io.in("x"), *stats = io.in("stats"), *n = io.in("n"), *o = io.in("o");
@@ -283,7 +391,7 @@ static std::string attn_weight(UnitIo<T>& io) {
 
 template <typename T>
 static std::string mlp_forward(UnitIo<T>& io) {
-  const ModelShape& s = *io.c.shape;
+  const ModelShape& s = io.shape();
   const std::string lp = layer_prefix(io.c.stage->units[size_t(io.unit)]);
   const T *prev_out = nullptr, *prev_x = nullptr;
   residual_inputs(io, &prev_out, &prev_x);
@@ -305,10 +413,10 @@ static std::string mlp_forward(UnitIo<T>& io) {
 
 template <typename T>
 static std::string mlp_backward(UnitIo<T>& io) {
-  const ModelShape& s = *io.c.shape;
+  const ModelShape& s = io.shape();
   const std::string lp = layer_prefix(io.c.stage->units[size_t(io.unit)]);
   T* g = io.out("g");
-  residual_grad(io, g);
+  residual_grad(io, g, s.N * s.C);
   const T *x = io.in("x"), *stats = io.in("stats"), *u = io.in("u");
   const T *nw = io.w(lp + "mlp_norm.weight"), *w1 = io.w(lp + "mlp.fc1.weight");
   const T* w2 = io.w(lp + "mlp.fc2.weight");
@@ -327,7 +435,7 @@ static std::string mlp_backward(UnitIo<T>& io) {
 
 template <typename T>
 static std::string mlp_weight(UnitIo<T>& io) {
-  const ModelShape& s = *io.c.shape;
+  const ModelShape& s = io.shape();
   const std::string lp = layer_prefix(io.c.stage->units[size_t(io.unit)]);
   const bool acc = io.c.accumulate;
   const T *x = io.in("x"), *stats = io.in("stats"), *n = io.in("n"), *a = io.in("a");
@@ -388,10 +496,7 @@ static std::string head_backward(UnitIo<T>& io) {
   const T *nw = io.w("final_norm.weight"), *wlm = io.w(lm_head_name(io));
   T *dlogits = io.out("dlogits"), *dn = io.out("dn"), *dx = io.out("dx");
   if (!io.ok()) return io.err;
-  double sum = 0;
-  for (int64_t i = 0; i < s.N; ++i)
-    sum += std::log(double(st[i])) + double(mx[i]) - double(st[s.N + i]);
-  io.c.loss_sum = sum;
+  io.c.loss_sum = loss_rows_sum(mx, st, io.c.targets, s.N);
   cpu::xent_backward(dlogits, logits, mx, st, io.c.targets, io.c.loss_scale, s.N, s.V_tp,
                      s.vocab_start);
   cpu::matmul_backward(dn, (T*)nullptr, (T*)nullptr, dlogits, x, wlm, s.N, s.C, s.V_tp, false);
@@ -416,7 +521,7 @@ static std::string head_weight(UnitIo<T>& io) {
 
 template <typename T>
 static std::string out_forward(UnitIo<T>& io) {
-  const ModelShape& s = *io.c.shape;
+  const ModelShape& s = io.shape();
   const T *prev_out = nullptr, *prev_x = nullptr;
   residual_inputs(io, &prev_out, &prev_x);
   T* x = io.out("x");
@@ -426,6 +531,80 @@ static std::string out_forward(UnitIo<T>& io) {
   else
     std::copy(prev_out, prev_out + s.N * s.C, x);
   return "";
+}
+
+// ---- Merge (VLM)
+// -----------------------------------------------------------------------------------------
+
+template <typename T>
+static std::string merge_forward(UnitIo<T>& io) {
+  const ModelShape &s = *io.c.shape, &v = *io.c.vshape;
+  if (!io.c.tokens) return io.where() + ": no tokens given";
+  const T *prev_out = nullptr, *prev_x = nullptr;
+  residual_inputs(io, &prev_out, &prev_x);
+  const T *nw = io.w("visual.merger.norm.weight"), *nb = io.w("visual.merger.norm.bias");
+  const T *w1 = io.w("visual.merger.fc1.weight"), *b1 = io.w("visual.merger.fc1.bias");
+  const T *w2 = io.w("visual.merger.fc2.weight"), *b2 = io.w("visual.merger.fc2.bias");
+  const T* wte = io.w("embed.weight");
+  const T* wpe = s.tp_rank == 0 ? io.w("embed.pos", true) : nullptr;
+  T *x = io.out("x"), *stats = io.out("stats"), *n = io.out("n"), *u = io.out("u"), *a = io.out("a");
+  T* out = io.out("out");
+  if (!io.ok()) return io.err;
+  const int64_t m2 = v.merge * v.merge, Nvt = v.N / m2, Fm = m2 * v.C;
+  cpu::layernorm_forward(n, stats, stats + v.N, x, prev_out, prev_x, nw, nb, v.N, v.C, v.eps);
+  cpu::matmul_forward(u, n, w1, b1, Nvt, Fm, v.Fm_tp);  // n viewed as (Nvt, m^2*Cv)
+  cpu::gelu_forward(a, u, Nvt * v.Fm_tp);
+  T* merged = io.c.ws->get(0, Nvt * s.C);
+  cpu::matmul_forward(merged, a, w2, s.tp_rank == 0 ? b2 : nullptr, Nvt, v.Fm_tp, s.C);
+  cpu::embedding_forward(out, io.c.tokens, wte, wpe, s.N, s.T, s.C, s.vocab_start, s.V_tp);
+  scatter_visual(s, out, merged);
+  return "";
+}
+
+template <typename T>
+static std::string merge_backward(UnitIo<T>& io) {
+  const ModelShape &s = *io.c.shape, &v = *io.c.vshape;
+  T* ge = io.out("ge");
+  residual_grad(io, ge, s.N * s.C);
+  const T *x = io.in("x"), *stats = io.in("stats"), *u = io.in("u");
+  const T *nw = io.w("visual.merger.norm.weight"), *w1 = io.w("visual.merger.fc1.weight");
+  const T* w2 = io.w("visual.merger.fc2.weight");
+  T *du = io.out("du"), *dn = io.out("dn"), *dx = io.out("dx");
+  if (!io.ok()) return io.err;
+  const int64_t m2 = v.merge * v.merge, Nvt = v.N / m2, Fm = m2 * v.C;
+  T* gv = io.c.ws->get(0, Nvt * s.C);
+  gather_visual(s, gv, ge);
+  T* da = io.c.ws->get(1, Nvt * v.Fm_tp);
+  cpu::matmul_backward(da, (T*)nullptr, (T*)nullptr, gv, (const T*)nullptr, w2, Nvt, v.Fm_tp, s.C, false);
+  cpu::gelu_backward(du, u, da, Nvt * v.Fm_tp);
+  cpu::matmul_backward(dn, (T*)nullptr, (T*)nullptr, du, (const T*)nullptr, w1, Nvt, Fm, v.Fm_tp, false);
+  cpu::layernorm_backward_input(dx, dn, x, nw, stats, stats + v.N, v.N, v.C, false);
+  return "";
+}
+
+template <typename T>
+static std::string merge_weight(UnitIo<T>& io) {
+  const ModelShape &s = *io.c.shape, &v = *io.c.vshape;
+  if (!io.c.tokens) return io.where() + ": no tokens given";
+  const bool acc = io.c.accumulate;
+  const T *x = io.in("x"), *stats = io.in("stats"), *n = io.in("n"), *a = io.in("a");
+  const T *ge = io.in("ge"), *du = io.in("du"), *dn = io.in("dn");
+  T *dnw = io.dw("visual.merger.norm.weight"), *dnb = io.dw("visual.merger.norm.bias");
+  T *dw1 = io.dw("visual.merger.fc1.weight"), *db1 = io.dw("visual.merger.fc1.bias");
+  T *dw2 = io.dw("visual.merger.fc2.weight"), *db2 = io.dw("visual.merger.fc2.bias");
+  if (!io.ok()) return io.err;
+  const int64_t m2 = v.merge * v.merge, Nvt = v.N / m2, Fm = m2 * v.C;
+  T* gv = io.c.ws->get(0, Nvt * s.C);
+  gather_visual(s, gv, ge);
+  cpu::matmul_backward((T*)nullptr, dw2, db2, gv, a, (const T*)nullptr, Nvt, v.Fm_tp, s.C, acc);
+  cpu::matmul_backward((T*)nullptr, dw1, db1, du, n, (const T*)nullptr, Nvt, Fm, v.Fm_tp, acc);
+  cpu::layernorm_backward_weight(dnw, dnb, dn, x, stats, stats + v.N, v.N, v.C, acc);
+  // The text embedding saw only the text rows (the visual rows were replaced).
+  T* gt = io.c.ws->get(2, s.N * s.C);
+  std::copy(ge, ge + s.N * s.C, gt);
+  for (int64_t j = 0; j < s.b; ++j)
+    std::fill(gt + (j * s.T + 1) * s.C, gt + (j * s.T + 1 + s.vis) * s.C, T(0));
+  return embedding_weight(io, (const T*)gt);
 }
 
 // ---- dispatch
@@ -442,6 +621,7 @@ std::string unit_run(UnitCtx<T>& ctx, int unit, UnitPass pass) {
   const UnitDesc& u = ctx.stage->units[size_t(unit)];
   const bool has = pass == UnitPass::F ? u.has_f : pass == UnitPass::B ? u.has_b : u.has_w;
   if (!has) return io.where() + ": the unit has no such pass";
+  if (u.vision && !ctx.vshape) return io.where() + ": no vision shape given";
   switch (u.kind) {
     case UnitKind::In:
       return pass == UnitPass::F   ? in_forward(io)
@@ -463,6 +643,11 @@ std::string unit_run(UnitCtx<T>& ctx, int unit, UnitPass pass) {
       return loss_forward(io);
     case UnitKind::Out:
       return pass == UnitPass::F ? out_forward(io) : std::string();  // Out.B: received
+    case UnitKind::Merge:
+      if (!ctx.vshape) return io.where() + ": no vision shape given";
+      return pass == UnitPass::F   ? merge_forward(io)
+             : pass == UnitPass::B ? merge_backward(io)
+                                   : merge_weight(io);
   }
   return io.where() + ": unknown unit kind";
 }
@@ -474,13 +659,10 @@ std::string unit_loss_sum(UnitCtx<T>& ctx, double* loss_sum) {
     if (ctx.stage->units[i].kind == UnitKind::Head) head = int(i);
   if (head < 0) return "unit_loss_sum: stage " + std::to_string(ctx.stage->stage) + " has no head";
   UnitIo<T> io{ctx, head, UnitPass::B, ""};
+  if (!ctx.targets) return io.where() + ": no targets given";
   const T *mx = io.in("max"), *st = io.in("stats", head + 1);
   if (!io.ok()) return io.err;
-  const int64_t N = ctx.shape->N;
-  double sum = 0;
-  for (int64_t i = 0; i < N; ++i)
-    sum += std::log(double(st[i])) + double(mx[i]) - double(st[N + i]);
-  *loss_sum = sum;
+  *loss_sum = loss_rows_sum(mx, st, ctx.targets, ctx.shape->N);
   return "";
 }
 

@@ -22,7 +22,10 @@
 //   One exception keeps tied embeddings right: on a stage that holds both the embedding and a tied
 //   head, In.W adds to embed.weight's gradient (Head.W, which runs before it, wrote it).
 // - Loss: Head.B computes dlogits = loss_scale * (softmax - onehot) and reports the micro-batch's
-//   summed token loss in UnitCtx::loss_sum (identical on every TP rank).
+//   summed token loss in UnitCtx::loss_sum (identical on every TP rank). Targets of -1 (the
+//   positions before a VLM's visual tokens) carry no loss and no gradient.
+// - VLM (desc.h): vision units run on UnitCtx::vshape; the vision In reads UnitCtx::pixels; Merge
+//   reads both shapes and the tokens.
 // - Errors are values: unit_run returns "" or a message naming the stage, micro-batch, unit pass
 //   and the missing tensor / parameter.
 #pragma once
@@ -47,9 +50,18 @@ struct ModelShape {
   int64_t F_tp = 0, F1_tp = 0;        // ffn shard; fc1 width (2*F_tp with SwiGLU)
   int64_t V_tp = 0, vocab_start = 0;  // vocab shard [vocab_start, vocab_start + V_tp)
   bool layernorm = true, swiglu = false, rope = false, tie = false;
+  bool causal = true;                 // attention mask (the vision tower: bidirectional)
+  bool rope2d = false;                // the vision tower's 2-D rotary embedding (grid, merge)
   float eps = 1e-5f, theta = 10000.0f;
+  // VLM. LLM shape: visual positions per sequence (1 .. vis). Vision shape: patches per side,
+  // merge size, flattened patch values K (this rank's column shard: K_tp), merger width shard.
+  int64_t vis = 0;
+  int64_t grid = 0, merge = 1, K = 0, K_tp = 0, Fm_tp = 0;
 };
 ModelShape model_shape(const Config& cfg, int tp_rank);
+// The vision tower's shape on TP rank tp_rank (b = sequences * images, T = patches per image,
+// C = vision hidden); the VLM section of model/desc/desc.h.
+ModelShape vision_shape(const Config& cfg, int tp_rank);
 
 // Activation storage of one rank, by (stage, micro-batch, tensor index).
 template <typename T>
@@ -74,13 +86,15 @@ class Workspace {
 template <typename T>
 struct UnitCtx {
   const ModelShape* shape = nullptr;
+  const ModelShape* vshape = nullptr;  // vision units and Merge (VLM only)
   const StageDesc* stage = nullptr;
   StageParams<T>* params = nullptr;
   TensorSource<T>* store = nullptr;
   Workspace<T>* ws = nullptr;
   int mb = 0;
   const int* tokens = nullptr;   // (N) input ids of this micro-batch (stage 0: In.F, In.W)
-  const int* targets = nullptr;  // (N) target ids (last stage: Loss.F, Head.B)
+  const int* targets = nullptr;  // (N) target ids (last stage: Loss.F, Head.B); -1 = no loss
+  const float* pixels = nullptr; // (b*images*Np, K) flattened patches (VLM stage 0: vision In)
   float loss_scale = 1.0f;       // Head.B: d loss / d (summed token loss)
   bool accumulate = true;        // W passes: add into grads (beta 1) or overwrite (beta 0)
   double loss_sum = 0;           // out (Head.B): sum over the micro-batch's tokens of the loss
@@ -93,7 +107,8 @@ template <typename T>
 std::string unit_run(UnitCtx<T>& ctx, int unit, UnitPass pass);
 
 // Summed token loss of a micro-batch from the reduced Head.max and Loss.stats (after Loss.F's
-// all-reduce and before Head.B frees them). "" on success.
+// all-reduce and before Head.B frees them), over the rows of ctx.targets that are not -1. "" on
+// success.
 template <typename T>
 std::string unit_loss_sum(UnitCtx<T>& ctx, double* loss_sum);
 

@@ -5,7 +5,8 @@ namespace stp {
 
 RankModel::RankModel(const Config& cfg, const ModelDesc& desc, const PipelineProgram& pipe,
                      int pp_rank, int tp_rank)
-    : cfg_(cfg), desc_(desc), shape_(model_shape(cfg, tp_rank)) {
+    : cfg_(cfg), desc_(desc), shape_(model_shape(cfg, tp_rank)),
+      vshape_(cfg.model.vision.enabled ? vision_shape(cfg, tp_rank) : ModelShape{}) {
   const ParamInit init = param_init_of(cfg);
   for (int s = 0; s < int(desc.stages.size()); ++s) {
     if (stage_rank(pipe.placement, pipe.pp, s) != pp_rank) continue;
@@ -33,10 +34,18 @@ RankModel::RankModel(const Config& cfg, const ModelDesc& desc, const PipelinePro
   const size_t N = size_t(cfg.schedule.micro_batch_size) * size_t(cfg.model.seq_len);
   inputs_.assign(size_t(M), std::vector<int32_t>(N, 0));
   targets_.assign(size_t(M), std::vector<int32_t>(N, 0));
+  const size_t patch_values = cfg.model.vision.enabled && holds_first() ? size_t(vshape_.N * vshape_.K) : 0;
+  pixels_.assign(size_t(M), std::vector<float>(patch_values, 0.0f));
   loss_sum_.assign(size_t(M), -1.0);
 }
 
 bool RankModel::holds_stage(int s) const { return params_.count(s) > 0; }
+
+bool RankModel::holds_embedding() const {
+  for (int s : stages_)
+    if (desc_.stages[size_t(s)].embeds) return true;
+  return false;
+}
 
 int64_t RankModel::local_elems() const {
   int64_t n = 0;
@@ -130,13 +139,15 @@ std::string RankModel::compute(int stage, int mb, UnitRef u, TensorStore& store)
   const StageDesc& sd = desc_.stages[stage];
   UnitCtx<float> ctx;
   ctx.shape = &shape_;
+  ctx.vshape = cfg_.model.vision.enabled ? &vshape_ : nullptr;
   ctx.stage = &sd;
   ctx.params = pit->second.get();
   ctx.store = &store;
   ctx.ws = &ws_;
   ctx.mb = mb;
-  ctx.tokens = sd.first ? inputs(mb) : nullptr;
+  ctx.tokens = sd.embeds ? inputs(mb) : nullptr;
   ctx.targets = sd.last ? targets(mb) : nullptr;
+  ctx.pixels = sd.first ? pixels(mb) : nullptr;
   ctx.loss_scale = loss_scale_;
   const bool det = cfg_.train.deterministic;
   ctx.accumulate = !det;

@@ -52,6 +52,8 @@ class RankModel final : public ExecBackend {
   bool holds_stage(int s) const;
   bool holds_first() const { return holds_stage(0); }
   bool holds_last() const { return holds_stage(int(desc_.stages.size()) - 1); }
+  bool holds_embedding() const;  // the stage with the text embedding (stage 0, or a VLM's Merge)
+  bool needs_data() const { return holds_first() || holds_embedding() || holds_last(); }
   StageParams<float>& params(int stage) { return *params_.at(stage); }
   std::vector<LocalParam>& local_params() { return local_; }
   int64_t local_elems() const;
@@ -59,9 +61,11 @@ class RankModel final : public ExecBackend {
   // Starts a step: zero gradients, clear losses and the accumulation state; `loss_scale` is
   // 1 / (tokens of the global batch).
   void begin_step(float loss_scale);
-  // Token buffers (b*T) of micro-batch mb for this step: inputs (first stage) / targets (last).
+  // Token buffers (b*T) of micro-batch mb for this step: inputs (embedding stage) / targets
+  // (last); a VLM's patches (b * images * Np * K, the first stage; null without a vision tower).
   int32_t* inputs(int mb) { return inputs_[size_t(mb)].data(); }
   int32_t* targets(int mb) { return targets_[size_t(mb)].data(); }
+  float* pixels(int mb) { return pixels_[size_t(mb)].empty() ? nullptr : pixels_[size_t(mb)].data(); }
   // After the executor ran: every micro-batch's contribution added, nothing left waiting.
   std::string end_step() const;
   // Summed token loss of micro-batch mb (last stage holder, after its Head.B), or -1 if unknown.
@@ -92,13 +96,14 @@ class RankModel final : public ExecBackend {
 
   const Config& cfg_;
   const ModelDesc& desc_;
-  ModelShape shape_;
+  ModelShape shape_, vshape_;
   std::vector<int> stages_;
   std::map<int, std::unique_ptr<StageParams<float>>> params_;
   std::vector<LocalParam> local_;
   std::map<int, StageAccum> accum_;
   Workspace<float> ws_;
   std::vector<std::vector<int32_t>> inputs_, targets_;
+  std::vector<std::vector<float>> pixels_;
   std::vector<double> loss_sum_;
   float loss_scale_ = 1.0f;
   int64_t side_bytes_ = 0, side_peak_bytes_ = 0;

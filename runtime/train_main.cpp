@@ -1,15 +1,18 @@
 // train_main.cpp: the `stp-train train` run around the Trainer: communicator set-up, agreement on
-// set-up errors, the step loop, metrics.jsonl + log lines (rank 0), Chrome traces, checkpoints and
-// fault handling (contract in trainer.h).
+// set-up errors, the step loop, metrics.jsonl + log lines (rank 0), Chrome traces, checkpoints, the
+// SIGTERM stop and fault handling (contract in trainer.h).
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
+#include <filesystem>
 
 #include "comm/mpi_comm.h"
 #include "comm/self_comm.h"
 #include "runtime/core/metrics.h"
+#include "runtime/signals.h"
 #include "runtime/trace.h"
 #include "runtime/trainer.h"
 #include "scheduler/schedules.h"
@@ -20,6 +23,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr int64_t kTraceSteps = 4;  // output.trace records the first steps (a few MB per rank)
+constexpr int kExitSigterm = 128 + SIGTERM;  // what a shell reports for a process ended by SIGTERM
 
 // Ends the job from a fault that may leave other ranks waiting: names the ranks that do not
 // answer a liveness ping (hung or dead) after the message, then MPI_Abort.
@@ -119,6 +123,32 @@ nlohmann::json summary_json(const RunTotals& t, const Config& cfg, const std::st
           {"stopped", stopped.empty() ? nlohmann::json(nullptr) : nlohmann::json(stopped)}};
 }
 
+// The stop after SIGTERM at a step boundary (every rank, together): the checkpoint of the last
+// completed step, unless no step completed since the start or `saved_step` is that step. Returns
+// the summary's `stopped` reason; a failed save aborts the job.
+std::string stop_on_sigterm(Trainer& tr, const Config& cfg, Communicator& comm, int64_t saved_step) {
+  const bool lead = comm.world_rank() == 0;
+  const int64_t step = tr.next_step() - 1;
+  std::string msg;
+  if (step < 1) {
+    msg = "SIGTERM before step 1 completed: no checkpoint written; exiting";
+  } else if (step == saved_step) {
+    msg = "SIGTERM: the checkpoint of step " + std::to_string(step) + " is already in " +
+          cfg.output.checkpoint.dir + "; exiting";
+  } else {
+    std::string root = cfg.output.checkpoint.dir;
+    if (root.empty()) {
+      root = (std::filesystem::path(cfg.output.dir) / "checkpoint").string();
+      if (lead) spdlog::info("SIGTERM: output.checkpoint.dir is empty, so the checkpoint goes to {}", root);
+    }
+    const std::string err = tr.save_checkpoint(root);
+    if (!err.empty()) abort_job(comm, "SIGTERM: " + err, cfg.train.timeout_s);
+    msg = "SIGTERM: checkpoint of step " + std::to_string(step) + " written to " + root + "; exiting";
+  }
+  if (lead) spdlog::warn("{}", msg);
+  return msg;
+}
+
 }  // namespace
 
 // Runs the steps; returns the exit code. Aborts the job on a fault that may leave ranks hanging.
@@ -135,10 +165,18 @@ static int train_loop(Trainer& tr, const Config& cfg, Communicator& comm) {
   RunTotals totals;
   std::string stopped;
   int code = 0;
+  int64_t saved_step = tr.next_step() - 1;  // a resumed run's checkpoint; then the last one written
   while (tr.next_step() <= cfg.train.steps) {
+    std::string err;
+    if (cfg.train.checkpoint_on_sigterm && sigterm_agree(comm, cfg.train.timeout_s, &err)) {
+      stopped = stop_on_sigterm(tr, cfg, comm, saved_step);
+      code = kExitSigterm;
+      break;
+    }
+    if (!err.empty()) abort_job(comm, err, cfg.train.timeout_s);
     StepReport r;
     bool fatal = false;
-    std::string err = tr.step(&r, &fatal);
+    err = tr.step(&r, &fatal);
     if (!err.empty() && fatal) abort_job(comm, err, cfg.train.timeout_s);
     if (!err.empty()) {
       if (lead) spdlog::error("{}", err);
@@ -160,6 +198,7 @@ static int train_loop(Trainer& tr, const Config& cfg, Communicator& comm) {
     if (!cfg.output.checkpoint.dir.empty() && ((every > 0 && r.step % every == 0) || (last && (every <= 0 || r.step % every)))) {
       err = tr.save_checkpoint();
       if (!err.empty()) abort_job(comm, err, cfg.train.timeout_s);
+      saved_step = r.step;
       if (lead) spdlog::info("checkpoint: step {} written to {}", r.step, cfg.output.checkpoint.dir);
     }
   }
@@ -190,6 +229,15 @@ static void announce(const Config& cfg, const Topology& topo, const LaunchEnv& e
 }
 
 int train_main(const Config& cfg, const LaunchEnv& env) {
+  if (cfg.train.device == "cuda") {
+#ifdef STP_HAVE_CUDA
+    int cuda_train_main(const Config&, const LaunchEnv&);  // runtime/cuda/cuda_train.h
+    return cuda_train_main(cfg, env);
+#else
+    spdlog::error("train.device=cuda: this binary was built without CUDA (configure with -DSTP_CUDA=ON where nvcc is)");
+    return 2;
+#endif
+  }
   if (auto e = config_validate_world(cfg, env.world)) {
     spdlog::error("{}", e->to_string());
     return 2;
@@ -213,6 +261,10 @@ int train_main(const Config& cfg, const LaunchEnv& env) {
     comm = std::move(c.comm);
   } else {
     comm = comm_create_self();
+  }
+  if (cfg.train.checkpoint_on_sigterm) {
+    const std::string err = sigterm_install();  // after MPI_Init, so that nothing replaces it
+    if (!err.empty()) spdlog::warn("{}: {}; SIGTERM ends the process without a checkpoint", comm->whoami(), err);
   }
   announce(cfg, topo, env, *comm);
   Trainer::Result tr = Trainer::create(cfg, topo, *comm);

@@ -46,7 +46,6 @@ Trainer::Result Trainer::create(const Config& cfg, const Topology& topo, Communi
 
 std::string Trainer::build() {
   const std::string& name = cfg_.schedule.name;
-  const int M = cfg_.schedule.microbatches;
   chunks_ = config_chunks(cfg_);
   cfg_.parallel.chunks = chunks_;
   // The same program the simulator and `stp-train schedule` see: generated, or imported from
@@ -70,14 +69,17 @@ std::string Trainer::build() {
   exec_ = std::make_unique<Executor>(desc_, prog_.pipeline, topo_.me.pp, comm_,
                                      ExecOptions{cfg_.train.timeout_s, true});
   norm_plan_ = std::make_unique<GradNormPlan>(desc_, topo_);
-  if (model_->holds_first() || model_->holds_last()) {
-    DataShape shape{cfg_.model.seq_len, cfg_.schedule.micro_batch_size, M, cfg_.parallel.dp,
-                    cfg_.model.vocab};
-    DataLoader::Result d = DataLoader::open(cfg_.data, shape);
+  if (model_->needs_data()) {
+    DataLoader::Result d = DataLoader::open(cfg_.data, data_shape_of(cfg_));
     if (!d.loader) return d.error;
     data_ = std::move(d.loader);
   }
   return {};
+}
+
+int64_t Trainer::loss_tokens() const {
+  return int64_t(cfg_.parallel.dp) * cfg_.schedule.microbatches * cfg_.schedule.micro_batch_size *
+         config_loss_tokens_per_sequence(cfg_);
 }
 
 std::string Trainer::load_batches(int64_t step) {
@@ -85,9 +87,9 @@ std::string Trainer::load_batches(int64_t step) {
   const int T = cfg_.model.seq_len, b = cfg_.schedule.micro_batch_size;
   std::vector<int32_t> scratch(size_t(b) * T);
   for (int m = 0; m < cfg_.schedule.microbatches; ++m) {
-    int32_t* in = model_->holds_first() ? model_->inputs(m) : scratch.data();
+    int32_t* in = model_->holds_embedding() ? model_->inputs(m) : scratch.data();
     int32_t* tg = model_->holds_last() ? model_->targets(m) : scratch.data();
-    std::string err = data_->load(step, topo_.me.dp, m, in, tg);
+    std::string err = data_->load(step, topo_.me.dp, m, in, tg, model_->pixels(m));
     if (!err.empty()) return "step " + std::to_string(step) + ": " + err;
   }
   return {};
@@ -118,8 +120,7 @@ double Trainer::step_loss(std::string* error) {
   }
   double sum = 0;
   for (double x : slots) sum += x;
-  const double tokens = double(dp) * M * cfg_.schedule.micro_batch_size * cfg_.model.seq_len;
-  return sum / tokens;
+  return sum / double(loss_tokens());
 }
 
 double Trainer::grad_norm(std::string* error) {
@@ -166,7 +167,7 @@ std::string Trainer::step(StepReport* r, bool* fatal) {
               cfg_.model.seq_len;
   std::string err = load_batches(s);
   if (!err.empty()) return err;
-  model_->begin_step(float(1.0 / double(r->tokens)));
+  model_->begin_step(float(1.0 / double(loss_tokens())));
   last_exec_start_ = Clock::now();
   last_exec_ = exec_->run(rank_program(), *model_, *store_);
   if (!last_exec_.ok()) return "step " + std::to_string(s) + ": " + last_exec_.error;

@@ -5,7 +5,8 @@
 //                step s for their DP rank (runtime/data.h: i = ((s-1)*dp + d)*M*b + m*b + j).
 //   2. run       the executor runs this rank's unit program (scheduler/lower.h), which ends with the
 //                TP all-reduce of TP-partial gradients and the DP all-reduce of all gradients.
-//                Head.B's loss scale is 1 / (dp*M*b*T): the gradients are those of the mean token
+//                Head.B's loss scale is 1 / (dp*M*b*T'), T' = the tokens of a sequence with a loss
+//                (T minus a VLM's visual positions): the gradients are those of the mean token
 //                loss of the global batch. Weight gradients are accumulated in micro-batch order
 //                (RankModel, train.deterministic).
 //   3. tied      with tied embeddings the two replicas' gradients are summed (locally on a rank
@@ -15,7 +16,7 @@
 //   5. check     a non-finite loss or norm stops the run (every rank sees the same values), before
 //                any update, so the last checkpoint stays good.
 //   6. update    AdamW (optimizer.h) on every local tensor with lr_at(step).
-//   7. report    loss = sum of micro-batch token losses / tokens, summed in (dp, mb) order; per-rank
+//   7. report    loss = sum of micro-batch token losses / tokens with a loss, summed in (dp, mb) order; per-rank
 //                memory and exposed communication gathered; rank 0 writes metrics.jsonl and logs.
 // Faults: any failure that only some ranks see (a timeout, a data error) is fatal: the caller
 // aborts the job with the message (Communicator::abort). Errors are values throughout.
@@ -72,8 +73,10 @@ class Trainer {
   // Runs step next_step(). On error, *fatal says whether other ranks may be stuck (abort the job).
   std::string step(StepReport* report, bool* fatal);
   int64_t next_step() const { return next_step_; }
-  // Writes this rank's shard of the last completed step; rank 0 then writes the manifest.
-  std::string save_checkpoint();
+  // Writes this rank's shard of the last completed step under `root`; rank 0 then writes the
+  // manifest. Nothing (and "") when root is empty or no step has completed. Collective.
+  std::string save_checkpoint(const std::string& root);
+  std::string save_checkpoint() { return save_checkpoint(cfg_.output.checkpoint.dir); }
   // The full model (or gradients) on every rank, in our naming, each tied replica once.
   FullState gather_full(bool grad, std::string* error);
 
@@ -91,6 +94,7 @@ class Trainer {
   Trainer(const Config& cfg, const Topology& topo, Communicator& comm) : cfg_(cfg), topo_(topo), comm_(comm) {}
   std::string build();
   std::string load_batches(int64_t step);
+  int64_t loss_tokens() const;  // tokens with a loss in the global batch (dp*M*b*(T - visual))
   std::string sync_tied();
   double step_loss(std::string* error);
   double grad_norm(std::string* error);
@@ -120,8 +124,12 @@ struct Trainer::Result {
 
 // The whole `stp-train train` run on this process: MPI (world > 1) or a single rank, the trainer,
 // metrics, trace, checkpoints. Returns the exit code: 0 done, 1 runtime failure (NaN, failed
-// checkpoint), 2 bad input (config vs world, data, checkpoint from another config). Faults that
-// can leave ranks hanging end the job through MPI_Abort with a message naming this rank.
+// checkpoint), 2 bad input (config vs world, data, checkpoint from another config), 143 stopped by
+// SIGTERM (train.checkpoint_on_sigterm: at the first step boundary after any rank received it,
+// every rank writes the checkpoint of the last completed step, to output.checkpoint.dir or else
+// output.dir/checkpoint, unless no step completed since the start or that step is already saved;
+// runtime/signals.h). Faults that can leave ranks hanging end the job through MPI_Abort with a
+// message naming this rank.
 int train_main(const Config& cfg, const LaunchEnv& env);
 
 }  // namespace stp

@@ -25,8 +25,7 @@ bool all_ok(Communicator& comm, bool ok, double timeout_s, std::string* error) {
 
 }  // namespace
 
-std::string Trainer::save_checkpoint() {
-  const std::string& root = cfg_.output.checkpoint.dir;
+std::string Trainer::save_checkpoint(const std::string& root) {
   const int64_t step = next_step_ - 1;
   if (root.empty() || step < 1) return {};
   const std::string dir = checkpoint_step_dir(root, step);

@@ -250,7 +250,7 @@ class RankLowerer {
     o.tag = next_tag_++;
     o.peer = to;
     o.tensor = tensor;
-    o.elems = desc_.stages[p.stage].pp_elems;
+    o.elems = desc_.stages[p.stage].tensors[size_t(tensor)].elems;
     sends.push_back(int(ops.size()));
     ops.push_back(o);
   }
@@ -263,7 +263,7 @@ class RankLowerer {
     r.op.tag = next_tag_++;
     r.op.peer = from;
     r.op.tensor = tensor;
-    r.op.elems = desc_.stages[p.stage].pp_elems;
+    r.op.elems = desc_.stages[p.stage].tensors[size_t(tensor)].elems;
     r.wait_pos = int(ops.size());
     recvs.push_back(r);
     push_wait(p.stage, p.mb, tensor, r.op.tag, step);

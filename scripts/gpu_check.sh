@@ -8,6 +8,11 @@
 # SKIPPED line and time limit, each in its own process so one crash does not stop the rest:
 #   1. device and library discovery (ldd must resolve everything)
 #   2. the kernel harness, one process per area: test_cuda "[cuda][<area>]"
+#   2b. train.device=cuda (issue 7): test_cuda "[cuda][train]" (20 steps through NCCL against the CPU
+#      trainer, bounds in tests/cuda/test_cuda_train.cpp), then stp-train itself on the tiny GPT at
+#      tp=pp=dp=1 with device cpu and device cuda, both loss curves, tokens/s, MFU (H200 peak) and
+#      peak memory side by side. stp-train comes from the bundle (gpu_bundle/stp-train) or
+#      STP_TRAIN_BIN; without one the step says SKIPPED.
 #   3. benchmarks: large GEMM and one training step of gpt-125m, gpt-1.3b, llama7b-slice,
 #      ours (test_cuda "[.bench]") and the PyTorch eager reference (scripts/bench_gpu.py)
 #   4. a short table (stp vs torch: step time, tokens/s, TFLOPS, MFU, ratio)
@@ -112,6 +117,49 @@ if [ -n "$BIN" ]; then
   run_check "nccl fault: op timeout" 60 "$BIN" "nccl one rank: an operation past its timeout aborts the communicators"
   run_check "nccl fault: watchdog" 60 "$BIN" "nccl one rank: the watchdog aborts a stuck operation by itself"
 fi
+
+# ---- 2b. train.device=cuda against the CPU trainer (tp=pp=dp=1) -------------------------------------------
+if [ -n "$BIN" ]; then
+  run_check "cuda train vs cpu (test)" 240 "$BIN" "[cuda][train]" --durations yes
+fi
+TRAIN_BIN=${STP_TRAIN_BIN:-$WORK/gpu_bundle/stp-train}
+if [ -x "$TRAIN_BIN" ]; then
+  for dev in cpu cuda; do
+    rm -rf "$OUT/train_$dev"
+    OPENBLAS_NUM_THREADS=4 run_check "stp-train device=$dev" 240 "$TRAIN_BIN" --config "$ROOT/configs/tiny_stp.yaml" \
+      --set parallel.tp=1 --set parallel.pp=1 --set schedule.name=1f1b --set schedule.microbatches=2 \
+      --set train.steps=20 --set data.kind=synthetic --set output.trace=true --set cluster.gpu.peak_tflops=989 \
+      --set output.dir="$OUT/train_$dev" --set train.device=$dev
+  done
+  python3 - "$OUT/train_cpu/metrics.jsonl" "$OUT/train_cuda/metrics.jsonl" <<'EOF' | tee -a "$LOG" >> "$SUMMARY"
+import json, sys
+def rows(p):
+    try:
+        return [json.loads(l) for l in open(p) if l.strip()]
+    except OSError as e:
+        return [{"error": str(e)}]
+cpu, gpu = rows(sys.argv[1]), rows(sys.argv[2])
+print("# stp-train tiny GPT tp=pp=dp=1, 20 steps: step  loss_cpu  loss_cuda  diff")
+steps_c = [r for r in cpu if "loss" in r and not r.get("summary")]
+steps_g = [r for r in gpu if "loss" in r and not r.get("summary")]
+for c, g in zip(steps_c, steps_g):
+    print(f"  {c['step']:3d}  {c['loss']:.5f}  {g['loss']:.5f}  {g['loss'] - c['loss']:+.5f}")
+for name, st, raw in (("cpu", steps_c, cpu), ("cuda", steps_g, gpu)):
+    if len(st) < 2:
+        print(f"  {name}: no steps ({raw[:1]})")
+        continue
+    late = st[len(st) // 2:]  # steady state: the second half
+    tps = sum(r["tokens_per_s"] for r in late) / len(late)
+    mfu = sum(r["mfu"] for r in late) / len(late)
+    mem = max(r["peak_mem_bytes"] for r in st)
+    exp = sum(r["exposed_comm_s"] for r in late) / len(late)
+    print(f"  {name:5s} tokens/s {tps:10.0f}  MFU {100 * mfu:6.3f}%  peak mem {mem / 2**20:8.2f} MiB  "
+          f"exposed comm {1e3 * exp:.3f} ms/step")
+EOF
+else
+  result "SKIPPED stp-train cpu vs cuda (no $TRAIN_BIN: add stp-train to the bundle or set STP_TRAIN_BIN)"
+fi
+
 if [ "${STP_GPU_SKIP_BENCH:-0}" = 1 ]; then
   say "# benchmarks skipped (STP_GPU_SKIP_BENCH=1)"
   JSON_SKIP=1

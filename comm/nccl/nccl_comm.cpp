@@ -15,6 +15,10 @@
 //   watchdog can name what was in flight.
 // - Streams are ordered after the caller's stream at the call (one reusable `ready` event: a
 //   cudaStreamWaitEvent captures the event's state when it is called).
+// - Non-blocking communicators (NcclOptions::blocking = false): a call that returns ncclInProgress
+//   is finished by wait_ready() before anything depends on it, so the two modes look the same
+//   from here on. wait_ready() queries under `mu` (the query never blocks), so it cannot race an
+//   abort.
 #include "comm/nccl/nccl_comm.h"
 
 #include <cuda_runtime.h>
@@ -36,6 +40,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr std::chrono::seconds kAbortGrace(2);
+constexpr double kFinalizeWait_s = 30;  // non-blocking communicators: ncclCommFinalize at destruction
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 ncclDataType_t nccl_dtype(DType t) {
   switch (t) {
@@ -44,6 +51,7 @@ ncclDataType_t nccl_dtype(DType t) {
     case DType::I32: return ncclInt32;
     case DType::I64: return ncclInt64;
     case DType::U8: return ncclUint8;
+    case DType::BF16: return ncclBfloat16;
   }
   return ncclFloat32;
 }
@@ -124,6 +132,9 @@ struct NcclState {
   std::string check_faults_locked();
   std::string prune_locked();
   void run_watchdog();
+  // Waits until the pending call of communicator `c` (non-blocking mode) is done: "" or why not
+  // (its error, still pending after timeout_s > 0, or an abort). Takes `mu`.
+  std::string wait_ready(ncclComm_t c, double timeout_s);
 
  private:
   void abort_locked(const std::string& reason);
@@ -140,13 +151,50 @@ NcclState::~NcclState() {
   if (!aborted) {
     for (cudaStream_t s : streams)
       if (s) cudaStreamSynchronize(s);
-    for (int g = kGroupKinds - 1; g >= 0; --g)  // children before the world they were split from
-      if (comms[g]) ncclCommDestroy(comms[g]);
+    for (int g = kGroupKinds - 1; g >= 0; --g) {  // children before the world they were split from
+      if (!comms[g]) continue;
+      if (!opts.blocking) {
+        // ncclCommFinalize flushes a non-blocking communicator's work; one that does not finish
+        // (a peer is gone) is aborted rather than destroyed.
+        const ncclResult_t rc = ncclCommFinalize(comms[g]);
+        const bool done = rc == ncclSuccess || (rc == ncclInProgress && wait_ready(comms[g], kFinalizeWait_s).empty());
+        if (!done) {
+          ncclCommAbort(comms[g]);
+          continue;
+        }
+      }
+      ncclCommDestroy(comms[g]);
+    }
   }
   for (cudaStream_t s : streams)
     if (s) cudaStreamDestroy(s);
   if (barrier) cudaFree(barrier);
   if (ready) cudaEventDestroy(ready);
+}
+
+std::string NcclState::wait_ready(ncclComm_t c, double timeout_s) {
+  const Clock::time_point t0 = Clock::now();
+  for (int polls = 0;; ++polls) {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      if (aborted) return "aborted: " + abort_reason;
+      ncclResult_t state = ncclSuccess;
+      const ncclResult_t rc = ncclCommGetAsyncError(c, &state);
+      if (rc != ncclSuccess) return "ncclCommGetAsyncError: " + nccl_error(rc, c);
+      if (state == ncclSuccess) return {};
+      if (state != ncclInProgress) return nccl_error(state, c);
+    }
+    if (timeout_s > 0 && seconds_since(t0) > timeout_s) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.1f", timeout_s);
+      return std::string("still in progress after ") + buf + " s (a peer is hung, dead, or called something else)";
+    }
+    // Enqueueing takes microseconds, a creation or a first connection much longer.
+    if (polls < 1000)
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
 }
 
 std::string NcclState::whoami() const {
@@ -483,10 +531,14 @@ CommHandle NcclCommunicator::issue(CommOpInfo in, const void* send, void* recv, 
   cudaStream_t cs = st.streams[g];
   lk.unlock();  // the call may block (a first connection to a peer); the watchdog stays free to abort
   const ncclResult_t nr = nccl_launch(*op, c, cs, st.barrier + g);
-  const cudaError_t rc = nr == ncclSuccess ? cudaEventRecord(op->done, cs) : cudaSuccess;
+  // Non-blocking: the work may still be on its way to the stream; the completion event must follow it.
+  const std::string pending = nr == ncclInProgress ? st.wait_ready(c, st.opts.op_timeout_s) : "";
+  const bool launched = nr == ncclSuccess || (nr == ncclInProgress && pending.empty());
+  const cudaError_t rc = launched ? cudaEventRecord(op->done, cs) : cudaSuccess;
   lk.lock();
   if (st.aborted) return comm_failed_handle(op->info, "aborted: " + st.abort_reason);
-  if (nr != ncclSuccess) return comm_failed_handle(op->info, "NCCL refused it: " + nccl_error(nr, c));
+  if (!pending.empty()) return comm_failed_handle(op->info, "enqueueing it: " + pending);
+  if (!launched) return comm_failed_handle(op->info, "NCCL refused it: " + nccl_error(nr, c));
   if (rc != cudaSuccess) return comm_failed_handle(op->info, "recording its completion event: " + cuda_error(rc));
   op->state = NcclOp::Issued;
   op->issued = Clock::now();
@@ -507,16 +559,28 @@ namespace {
 
 // One ncclGroupStart/End over the held operations, each on its group's stream, then their
 // completion events. "" or the first error (the group is then failed as a whole).
-std::string launch_group(const std::vector<OpPtr>& ops, ncclComm_t const* comms, cudaStream_t const* streams) {
+std::string launch_group(NcclState& st, const std::vector<OpPtr>& ops, ncclComm_t const* comms) {
+  const cudaStream_t* streams = st.streams;
   std::string err;
+  bool used[kGroupKinds] = {};
   ncclGroupStart();
   for (const OpPtr& op : ops) {
     const int g = int(op->info.group);
+    used[g] = true;
     const ncclResult_t nr = nccl_launch(*op, comms[g], streams[g], nullptr);
-    if (nr != ncclSuccess && err.empty()) err = op->info.describe() + ": " + nccl_error(nr, comms[g]);
+    if (nr != ncclSuccess && nr != ncclInProgress && err.empty())
+      err = op->info.describe() + ": " + nccl_error(nr, comms[g]);
   }
   const ncclResult_t nr = ncclGroupEnd();
-  if (nr != ncclSuccess && err.empty()) err = "ncclGroupEnd: " + nccl_error(nr, nullptr);
+  if (nr == ncclInProgress) {  // non-blocking: every communicator of the group finishes enqueueing
+    for (int g = 0; g < kGroupKinds && err.empty(); ++g)
+      if (used[g]) {
+        const std::string pending = st.wait_ready(comms[g], st.opts.op_timeout_s);
+        if (!pending.empty()) err = "ncclGroupEnd on the " + std::string(group_kind_name(GroupKind(g))) + " communicator: " + pending;
+      }
+  } else if (nr != ncclSuccess && err.empty()) {
+    err = "ncclGroupEnd: " + nccl_error(nr, nullptr);
+  }
   for (const OpPtr& op : ops) {
     const cudaError_t rc = err.empty() ? cudaEventRecord(op->done, streams[int(op->info.group)]) : cudaSuccess;
     if (rc != cudaSuccess && err.empty()) err = "recording a completion event: " + cuda_error(rc);
@@ -541,7 +605,7 @@ CommStatus NcclCommunicator::group_end() {
   lk.unlock();
   if (err.empty() && !ops.empty()) {
     cudaSetDevice(st.device);
-    err = launch_group(ops, comms, st.streams);
+    err = launch_group(st, ops, comms);
   }
   lk.lock();
   if (st.aborted) err = "aborted: " + st.abort_reason;
@@ -598,21 +662,41 @@ std::string get_unique_id(const NcclBootstrapPlan& plan, int rank, const NcclIdB
 }
 
 // The world communicator, then one ncclCommSplit per group kind (collective: same order everywhere).
+// The ncclConfig_t every communicator of this rank gets (NcclOptions; 0 leaves NCCL's default).
+ncclConfig_t nccl_config_of(const NcclOptions& o) {
+  ncclConfig_t c = NCCL_CONFIG_INITIALIZER;
+  c.blocking = o.blocking ? 1 : 0;
+  if (o.cga_cluster_size > 0) c.cgaClusterSize = o.cga_cluster_size;
+  if (o.min_ctas > 0) c.minCTAs = o.min_ctas;
+  if (o.max_ctas > 0) c.maxCTAs = o.max_ctas;
+  return c;
+}
+
+// A creation call's outcome, finished (non-blocking mode) within the set-up bound. "" or the error.
+std::string created(NcclState& st, ncclResult_t rc, ncclComm_t c) {
+  if (rc == ncclInProgress) return st.wait_ready(c, st.opts.op_timeout_s);
+  return rc == ncclSuccess ? "" : nccl_error(rc, nullptr);
+}
+
 std::string make_communicators(NcclState& st, const ncclUniqueId& id, bool v_placement) {
   const Topology& t = st.topo;
-  ncclResult_t rc = ncclCommInitRank(&st.comms[int(GroupKind::World)], t.world(), id, t.rank);
-  if (rc != ncclSuccess)
-    return "ncclCommInitRank(" + std::to_string(t.world()) + " ranks, rank " + std::to_string(t.rank) +
-           ", " + st.bootstrap + "): " + nccl_error(rc, nullptr);
+  ncclConfig_t config = nccl_config_of(st.opts);
+  ncclComm_t& world = st.comms[int(GroupKind::World)];
+  std::string err = created(st, ncclCommInitRankConfig(&world, t.world(), id, t.rank, &config), world);
+  if (!err.empty())
+    return "ncclCommInitRankConfig(" + std::to_string(t.world()) + " ranks, rank " + std::to_string(t.rank) +
+           ", " + st.bootstrap + "): " + err;
   for (int g = 0; g < kGroupKinds; ++g) {
     st.members[g] = nccl_group_members(t, GroupKind(g), v_placement);
     const NcclSplit sp = nccl_split_of(t, GroupKind(g), v_placement);
     st.index[g] = sp.key;
     if (GroupKind(g) == GroupKind::World) continue;
-    rc = ncclCommSplit(st.comms[int(GroupKind::World)], sp.color, sp.key, &st.comms[g], nullptr);
-    if (rc != ncclSuccess)
+    config = nccl_config_of(st.opts);
+    err = created(st, ncclCommSplit(world, sp.color, sp.key, &st.comms[g], &config), st.comms[g]);
+    if (err.empty() && !st.opts.blocking) err = st.wait_ready(world, st.opts.op_timeout_s);  // the parent too
+    if (!err.empty())
       return std::string("ncclCommSplit for the ") + group_kind_name(GroupKind(g)) + " group (colour " +
-             std::to_string(sp.color) + ", key " + std::to_string(sp.key) + "): " + nccl_error(rc, nullptr);
+             std::to_string(sp.color) + ", key " + std::to_string(sp.key) + "): " + err;
     int n = 0, r = -1;
     ncclCommCount(st.comms[g], &n);
     ncclCommUserRank(st.comms[g], &r);

@@ -7,6 +7,14 @@
 // the rank's index in it, so NCCL ranks are group indices). The CUDA device is set from the local
 // rank before anything else.
 //
+// Communicator options (NcclOptions, from the config's `nccl` section by nccl_options_of): every
+// communicator gets the same ncclConfig_t (blocking, cgaClusterSize, minCTAs, maxCTAs; 0 leaves
+// NCCL's default). With blocking = false NCCL calls may return ncclInProgress while they finish in
+// the background; this backend then polls ncclCommGetAsyncError until the call is done (creation,
+// each split, each operation before its completion event is recorded, each group end, and
+// ncclCommFinalize before destruction), so the contract below is the same in both modes, and an
+// abort can interrupt a peer that never connects.
+//
 // Streams and events: each group has its own communication stream (non-blocking; TP's at the
 // highest priority, since a braid's critical path waits on TP collectives). An operation given a
 // StreamRef is enqueued after an event recorded on that stream at the call, so it reads what the
@@ -36,12 +44,15 @@
 // another count than its send (the validator guarantees equal counts).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
 
 #include "comm/communicator.h"
 #include "comm/nccl/nccl_bootstrap.h"
+#include "runtime/core/config.h"
 #include "runtime/core/topology.h"
 
 namespace stp {
@@ -52,7 +63,27 @@ struct NcclOptions {
   double op_timeout_s = 0;     // an operation in flight longer than this aborts (0 = never)
   bool watchdog = false;       // start the watchdog thread
   int watchdog_poll_ms = 100;
+  // ncclConfig_t of every communicator; 0 = NCCL's default.
+  bool blocking = true;        // false: non-blocking communicators (see above)
+  int cga_cluster_size = 0;    // cgaClusterSize, 1..8
+  int min_ctas = 0;            // minCTAs
+  int max_ctas = 0;            // maxCTAs
 };
+
+// The options of a training run: the `nccl` section (validated by config_load), the watchdog on,
+// and train.timeout_s as the per-operation timeout. Inline so that CPU-only builds can test it.
+inline NcclOptions nccl_options_of(const Config& cfg) {
+  NcclOptions o;
+  o.port = cfg.nccl.port;
+  o.op_timeout_s = cfg.train.timeout_s;
+  o.watchdog = true;
+  o.watchdog_poll_ms = std::max(1, int(std::ceil(cfg.nccl.watchdog_ms)));  // 0.5 ms polls every 1 ms
+  o.blocking = cfg.nccl.blocking;
+  o.cga_cluster_size = cfg.nccl.cga_cluster_size;
+  o.min_ctas = cfg.nccl.min_ctas;
+  o.max_ctas = cfg.nccl.max_ctas;
+  return o;
+}
 
 struct NcclState;  // nccl_comm.cpp: communicators, streams, in-flight operations
 

@@ -22,6 +22,22 @@
 //   Out           other stages: finishes the last residual add; the result is sent. Its B receives
 //                 the gradient (no compute).
 //
+// Vision-language models (model.vision, a Qwen2-VL-style tower): the vision units come first, on the
+// stages config_vision_stage_layers names, in the same kinds and cuts with `vision` set:
+//   In (vision)   stage 0: patch embedding, a row-parallel GEMM over the K = channels*patch^2
+//                 values of each patch (TP-partial, all-reduced); other vision stages: receives.
+//   Attn, Mlp     vision blocks: LayerNorm, bidirectional attention with the 2-D rotary embedding,
+//                 GELU MLP, biases; B = b*images sequences of Np patches.
+//   Merge         after the last vision layer: LayerNorm per patch, the m x m patches of a window
+//                 (contiguous) as one row of m^2*Cv, fc1 (column-parallel) + GELU + fc2 (row-
+//                 parallel) to the LLM hidden C, spliced at the visual positions into the text
+//                 embedding partial (vocab-parallel lookup of the text ids; ids -1 at the visual
+//                 positions embed as 0): one TP-partial (N, C) `out`, all-reduced. Merge.B starts
+//                 from the LLM-side residual gradient `ge`, takes its visual rows back through
+//                 fc2/fc1/norm and ends with the vision-side partial `dx`. Merge.W: merger weights
+//                 and the text embedding (visual rows excluded).
+//   The LLM units follow on the same stage (or the next ones); a stage whose input or output is
+//   the vision stream sends/receives (b*images*Np, Cv) elements instead of (N, C).
 // Backward order is the reverse of forward order over the units that have a B pass.
 // Tensors: every activation/gradient that outlives the unit pass that produced it is a TensorDesc
 // with its element count, producer and readers. Lowering frees a tensor after its last reader;
@@ -40,10 +56,10 @@
 
 namespace stp {
 
-enum class UnitKind : uint8_t { In, Attn, Mlp, Head, Loss, Out };
+enum class UnitKind : uint8_t { In, Attn, Mlp, Head, Loss, Out, Merge };
 enum class UnitPass : uint8_t { F, B, W };
 
-const char* unit_kind_name(UnitKind k);   // "in", "attn", "mlp", "head", "loss", "out"
+const char* unit_kind_name(UnitKind k);   // "in", "attn", "mlp", "head", "loss", "out", "merge"
 const char* unit_pass_name(UnitPass p);   // "F", "B", "W"
 
 enum class CollKind : uint8_t { None, AllReduceSum, AllReduceMax, ReduceScatter, AllGather };
@@ -59,6 +75,7 @@ struct CollDesc {
 struct UnitDesc {
   UnitKind kind = UnitKind::In;
   int layer = -1;                 // global layer index for Attn/Mlp, -1 otherwise
+  bool vision = false;            // runs on the vision stream (vision In/Attn/Mlp; Merge reads it)
   bool has_f = true, has_b = false, has_w = false;
   double flops[3] = {0, 0, 0};    // per micro-batch on one TP rank: F, B, W
   double bytes[3] = {0, 0, 0};    // activation bytes touched (memory-bound part), per pass
@@ -97,11 +114,13 @@ struct ParamDesc {
 struct StageDesc {
   int stage = 0;                  // virtual stage
   int first_layer = 0, num_layers = 0;
-  bool first = false, last = false;  // holds the embedding / the head and loss
+  bool first = false, last = false;  // first / last virtual stage (head and loss on the last)
+  bool embeds = false;               // holds the text embedding (stage 0, or a VLM's Merge stage)
+  int vision_layers = 0;             // vision blocks on this stage
   std::vector<UnitDesc> units;       // forward order
   std::vector<TensorDesc> tensors;
   std::vector<ParamDesc> params;
-  int64_t pp_elems = 0;              // elements of the activation (and gradient) sent between stages
+  int64_t pp_elems = 0;              // elements of the activation (and gradient) this stage sends on
 
   std::vector<int> backward_order() const;  // unit indices with a B pass, in backward order
   int find_tensor(const std::string& field, int unit) const;  // -1 if absent
@@ -121,7 +140,8 @@ struct ModelDesc {
 // the layers per virtual stage (config_stage_layers).
 ModelDesc model_desc_build(const Config& cfg, int chunks, const std::vector<int>& layer_split);
 
-// Unit name as used in tensor names and traces: "in", "attn3", "mlp3", "head", "loss", "out".
+// Unit name as used in tensor names and traces: "in", "attn3", "mlp3", "head", "loss", "out",
+// and for the vision tower "vin", "vattn3", "vmlp3", "merge".
 std::string unit_name(const UnitDesc& u);
 
 }  // namespace stp

@@ -57,7 +57,34 @@ int config_chunks(const Config& cfg) {
 std::vector<int> config_stage_layers(const Config& cfg) {
   if (!cfg.parallel.stage_layers.empty()) return cfg.parallel.stage_layers;
   const int S = cfg.parallel.pp * config_chunks(cfg);
-  return std::vector<int>(S, S > 0 ? cfg.model.layers / S : 0);
+  const int first = std::max(0, vision_geometry(cfg).stages - 1);  // first stage with LLM layers
+  std::vector<int> out(size_t(std::max(S, 0)), 0);
+  for (int i = first; i < S; ++i) out[size_t(i)] = cfg.model.layers / (S - first);
+  return out;
+}
+
+VisionGeometry vision_geometry(const Config& cfg) {
+  const VisionConfig& v = cfg.model.vision;
+  VisionGeometry g;
+  if (!v.enabled || v.patch_size < 1 || v.merge_size < 1) return g;
+  g.grid = v.image_size / v.patch_size;
+  g.patches = g.grid * g.grid;
+  g.patch_dim = v.channels * v.temporal_patch * v.patch_size * v.patch_size;
+  g.tokens_per_image = g.patches / (v.merge_size * v.merge_size);
+  g.visual_tokens = v.images_per_sample * g.tokens_per_image;
+  g.stages = v.placement == "spread" ? v.spread_stages : 1;
+  return g;
+}
+
+std::vector<int> config_vision_stage_layers(const Config& cfg, int S) {
+  std::vector<int> out(size_t(std::max(S, 0)), 0);
+  const int k = vision_geometry(cfg).stages;
+  for (int i = 0; i < std::min(k, S); ++i) out[size_t(i)] = cfg.model.vision.layers / k;
+  return out;
+}
+
+int config_loss_tokens_per_sequence(const Config& cfg) {
+  return cfg.model.seq_len - vision_geometry(cfg).visual_tokens;
 }
 
 // ---- the binding table ----------------------------------------------------------------------------
@@ -98,7 +125,7 @@ std::vector<Section> bind_fields(Config& c) {
                  {"tie_embeddings", &m.tie_embeddings}, {"rope_theta", &m.rope_theta},
                  {"norm_eps", &m.norm_eps}, {"init_std", &m.init_std}}},
       {"model.vision", {{"enabled", &v.enabled}, {"image_size", &v.image_size}, {"patch_size", &v.patch_size},
-                        {"channels", &v.channels}, {"layers", &v.layers}, {"hidden", &v.hidden},
+                        {"channels", &v.channels}, {"temporal_patch", &v.temporal_patch}, {"layers", &v.layers}, {"hidden", &v.hidden},
                         {"heads", &v.heads}, {"ffn_hidden", &v.ffn_hidden}, {"merge_size", &v.merge_size},
                         {"images_per_sample", &v.images_per_sample}, {"placement", &v.placement},
                         {"spread_stages", &v.spread_stages}}},
@@ -111,11 +138,16 @@ std::vector<Section> bind_fields(Config& c) {
                  {"beta2", &t.beta2}, {"eps", &t.eps}, {"grad_clip", &t.grad_clip}, {"seed", &t.seed},
                  {"precision", &t.precision}, {"device", &t.device}, {"deterministic", &t.deterministic},
                  {"recompute", &t.recompute}, {"offload", &t.offload}, {"resume", &t.resume},
-                 {"init_from", &t.init_from}, {"timeout_s", &t.timeout_s}}},
-      {"data", {{"kind", &d.kind}, {"path", &d.path}, {"dtype", &d.dtype}, {"shuffle", &d.shuffle},
+                 {"init_from", &t.init_from}, {"timeout_s", &t.timeout_s},
+                 {"checkpoint_on_sigterm", &t.checkpoint_on_sigterm}}},
+      {"data", {{"kind", &d.kind}, {"path", &d.path}, {"dtype", &d.dtype}, {"patches", &d.patches},
+                {"shuffle", &d.shuffle},
                 {"seed", &d.seed}}},
       {"output", {{"dir", &o.dir}, {"metrics", &o.metrics}, {"trace", &o.trace}}},
       {"output.checkpoint", {{"dir", &o.checkpoint.dir}, {"every", &o.checkpoint.every}}},
+      {"nccl", {{"port", &c.nccl.port}, {"watchdog_ms", &c.nccl.watchdog_ms}, {"blocking", &c.nccl.blocking},
+                {"cga_cluster_size", &c.nccl.cga_cluster_size}, {"min_ctas", &c.nccl.min_ctas},
+                {"max_ctas", &c.nccl.max_ctas}}},
   };
 }
 
@@ -465,18 +497,44 @@ std::optional<ConfigError> validate(const Config& c, const Origins& origins) {
   if ((s.name == "gpipe" || s.name == "1f1b" || s.name == "zb-h1") && chunks != 1)
     return err("parallel.chunks", "schedule '" + s.name + "' runs one chunk per rank, got " + str(chunks));
   const int S = p.pp * chunks;
+  // Vision tower placement (the rest of model.vision is checked below).
+  int vision_only = 0;  // leading virtual stages that hold vision layers only
+  if (m.vision.enabled && m.vision.placement == "spread") {
+    const VisionConfig& v = m.vision;
+    if (v.spread_stages < 1 || v.spread_stages > S)
+      return err("model.vision.spread_stages", "must be in 1..pp*chunks = " + str(S) + ", got " + str(v.spread_stages));
+    if (v.layers % v.spread_stages != 0)
+      return err("model.vision.layers", "vision layers must be divisible over spread_stages: " + str(v.layers) + " % " +
+                                            str(v.spread_stages) + " = " + str(v.layers % v.spread_stages));
+    if (m.tie_embeddings && v.spread_stages > 1)
+      return err("model.vision.placement", "'spread' puts the text embedding on stage " + str(v.spread_stages - 1) +
+                                               ", which tied embeddings (model.tie_embeddings) do not support; use "
+                                               "placement 'front' or untied embeddings");
+    vision_only = v.spread_stages - 1;
+  }
   if (!p.stage_layers.empty()) {
     if (int(p.stage_layers.size()) != S)
       return err("parallel.stage_layers", "needs one entry per virtual stage: pp*chunks = " + str(p.pp) + "*" +
                                               str(chunks) + " = " + str(S) + ", got " + str(p.stage_layers.size()));
     int sum = 0;
     for (size_t i = 0; i < p.stage_layers.size(); ++i) {
-      if (p.stage_layers[i] < 1)
+      if (int(i) < vision_only && p.stage_layers[i] != 0)
+        return err("parallel.stage_layers", "entry " + str(i) + " is " + str(p.stage_layers[i]) +
+                                                "; stages 0.." + str(vision_only - 1) +
+                                                " hold only vision layers (model.vision.spread_stages = " +
+                                                str(m.vision.spread_stages) + ") and need 0 LLM layers");
+      if (int(i) >= vision_only && p.stage_layers[i] < 1)
         return err("parallel.stage_layers", "entry " + str(i) + " is " + str(p.stage_layers[i]) + "; every stage needs >= 1 layer");
       sum += p.stage_layers[i];
     }
     if (sum != m.layers)
       return err("parallel.stage_layers", "entries sum to " + str(sum) + " but model.layers = " + str(m.layers));
+  } else if (vision_only > 0) {
+    if (m.layers % (S - vision_only) != 0)
+      return err("model.layers", "with the vision tower spread over " + str(vision_only + 1) +
+                                   " stages, the LLM layers split over the last " + str(S - vision_only) +
+                                   " virtual stages when parallel.stage_layers is not given: " + str(m.layers) +
+                                   " % " + str(S - vision_only) + " = " + str(m.layers % (S - vision_only)));
   } else if (m.layers % S != 0) {
     return err("model.layers", "layers must be divisible over pp*chunks when parallel.stage_layers is not given: " +
                                    str(m.layers) + " % (" + str(p.pp) + "*" + str(chunks) + ") = " + str(m.layers % S));
@@ -506,14 +564,48 @@ std::optional<ConfigError> validate(const Config& c, const Origins& origins) {
   if (c.train.steps < 0) return err("train.steps", "must be >= 0, got " + str(c.train.steps));
   if (c.train.timeout_s <= 0) return err("train.timeout_s", "must be > 0 seconds");
   if (c.output.checkpoint.every < 0) return err("output.checkpoint.every", "must be >= 0");
+  {
+    const NcclConfig& n = c.nccl;
+    if (n.port < 0 || n.port > 65535)
+      return err("nccl.port", "must be a TCP port in 0..65535 (0 = MASTER_PORT + 1), got " + str(n.port));
+    if (!(n.watchdog_ms > 0)) {
+      std::ostringstream got;
+      got << n.watchdog_ms;
+      return err("nccl.watchdog_ms", "must be > 0 milliseconds, got " + got.str());
+    }
+    if (n.cga_cluster_size < 0 || n.cga_cluster_size > 8)
+      return err("nccl.cga_cluster_size", "must be in 0..8 (0 = NCCL's default), got " + str(n.cga_cluster_size));
+    for (auto [key, v] : {std::pair<const char*, int>{"nccl.min_ctas", n.min_ctas}, {"nccl.max_ctas", n.max_ctas}})
+      if (v < 0) return err(key, "must be >= 0 (0 = NCCL's default), got " + str(v));
+    if (n.min_ctas > 0 && n.max_ctas > 0 && n.min_ctas > n.max_ctas)
+      return err("nccl.min_ctas", "min_ctas must be <= max_ctas: " + str(n.min_ctas) + " > " + str(n.max_ctas));
+  }
   if (m.vision.enabled) {
     const VisionConfig& v = m.vision;
     if (v.layers < 1 || v.hidden < 1 || v.heads < 1 || v.patch_size < 1)
       return err("model.vision", "an enabled vision tower needs layers, hidden, heads and patch_size >= 1");
     if (v.hidden % v.heads != 0)
       return err("model.vision.hidden", "hidden must be divisible by heads: " + str(v.hidden) + " % " + str(v.heads));
+    if (v.merge_size < 1) return err("model.vision.merge_size", "must be >= 1, got " + str(v.merge_size));
     if (v.image_size % (v.patch_size * v.merge_size) != 0)
       return err("model.vision.image_size", "must be divisible by patch_size*merge_size = " + str(v.patch_size * v.merge_size));
+    if (v.channels < 1) return err("model.vision.channels", "must be >= 1, got " + str(v.channels));
+    if (v.temporal_patch < 1) return err("model.vision.temporal_patch", "must be >= 1, got " + str(v.temporal_patch));
+    if (v.images_per_sample < 1)
+      return err("model.vision.images_per_sample", "must be >= 1, got " + str(v.images_per_sample));
+    if ((v.hidden / v.heads) % 4 != 0)
+      return err("model.vision.heads", "the 2-D rotary embedding needs a vision head dim divisible by 4, got hidden/heads = " +
+                                           str(v.hidden / v.heads));
+    const VisionGeometry g = vision_geometry(c);
+        for (auto r : {div_tp("model.vision.heads", "vision heads", v.heads),
+                   div_tp("model.vision.ffn_hidden", "vision ffn_hidden", v.ffn()),
+                   div_tp("model.vision.patch_size", "channels*temporal_patch*patch_size^2 (the row-parallel patch embedding)", g.patch_dim)})
+      if (r) return r;
+    if (g.visual_tokens > m.seq_len - 2)
+      return err("model.vision.images_per_sample",
+                 "the visual tokens must leave room for text: images_per_sample * (image_size/patch_size/merge_size)^2 = " +
+                     str(v.images_per_sample) + " * " + str(g.tokens_per_image) + " = " + str(g.visual_tokens) +
+                     " must be <= seq_len - 2 = " + str(m.seq_len - 2));
   }
   return std::nullopt;
 }

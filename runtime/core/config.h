@@ -39,6 +39,7 @@ struct VisionConfig {
   int image_size = 224;
   int patch_size = 14;
   int channels = 3;
+  int temporal_patch = 1;            // frames per patch (Qwen2-VL: 2, a still image repeated)
   int layers = 0;
   int hidden = 0;
   int heads = 0;
@@ -47,6 +48,8 @@ struct VisionConfig {
   int images_per_sample = 1;
   std::string placement = "front";   // front | spread
   int spread_stages = 1;             // with placement=spread: over how many first stages
+
+  int ffn() const { return ffn_hidden > 0 ? ffn_hidden : 4 * hidden; }
 };
 
 struct ModelConfig {
@@ -111,12 +114,24 @@ struct TrainConfig {
   bool resume = false;
   std::string init_from;             // safetensors file in Hugging Face naming
   double timeout_s = 60.0;           // a communication wait longer than this is a fault
+  bool checkpoint_on_sigterm = true; // SIGTERM (Slurm pre-emption): checkpoint, then exit
+};
+
+// NCCL options (train.device = cuda).
+struct NcclConfig {
+  int port = 0;                      // torchrun bootstrap port; 0 = MASTER_PORT + 1
+  double watchdog_ms = 100;          // how often the watchdog polls ncclCommGetAsyncError
+  bool blocking = true;              // ncclConfig_t.blocking (false: non-blocking communicators)
+  int cga_cluster_size = 0;          // ncclConfig_t.cgaClusterSize; 0 = NCCL's default
+  int min_ctas = 0;                  // ncclConfig_t.minCTAs; 0 = NCCL's default
+  int max_ctas = 0;                  // ncclConfig_t.maxCTAs; 0 = NCCL's default
 };
 
 struct DataConfig {
   std::string kind = "synthetic";    // synthetic | tokens
   std::string path;
   std::string dtype = "uint16";      // uint16 | uint32
+  std::string patches;               // VLM with kind=tokens: float32 patch file (docs/data.md)
   bool shuffle = false;
   uint64_t seed = 0;
 };
@@ -141,6 +156,7 @@ struct Config {
   TrainConfig train;
   DataConfig data;
   OutputConfig output;
+  NcclConfig nccl;
   std::string source;                // the top-level file it came from
 };
 
@@ -180,7 +196,27 @@ int schedule_min_microbatches(const std::string& name, int pp, int chunks);
 int schedule_default_chunks(const std::string& name);
 // Model chunks per rank of this run: parallel.chunks, or the schedule's default (required with csv).
 int config_chunks(const Config& cfg);
-// Number of layers on each virtual stage (pp*chunks entries), from stage_layers or an even split.
+// Number of LLM layers on each virtual stage (pp*chunks entries), from stage_layers or an even
+// split. With a vision tower spread over k stages, stages 0..k-2 hold vision layers only (0 here)
+// and the LLM layers split evenly over stages k-1..S-1.
 std::vector<int> config_stage_layers(const Config& cfg);
+
+// The vision tower's geometry per sample (docs: the VLM section of model/desc/desc.h); all zero
+// when model.vision is disabled.
+struct VisionGeometry {
+  int grid = 0;             // patches per image side: image_size / patch_size
+  int patches = 0;          // Np = grid^2 patches per image
+  int patch_dim = 0;        // K = channels * temporal_patch * patch_size^2 values per patch
+  int tokens_per_image = 0; // Nv = Np / merge^2
+  int visual_tokens = 0;    // n * Nv visual positions per sequence (1 .. n*Nv)
+  int stages = 0;           // virtual stages holding vision layers (front: 1; spread: spread_stages)
+};
+VisionGeometry vision_geometry(const Config& cfg);
+// Vision layers on each of `stages` virtual stages (all 0 without a vision tower): the first
+// vision_geometry().stages stages split them evenly. The patch merger and the text embedding sit on
+// the last of those, after its vision layers.
+std::vector<int> config_vision_stage_layers(const Config& cfg, int stages);
+// Tokens of one sequence that carry a loss: T minus the visual positions.
+int config_loss_tokens_per_sequence(const Config& cfg);
 
 }  // namespace stp

@@ -52,6 +52,7 @@ const AttnCase kCases[] = {
     {{2, 128, 4, 4, 64, true}, "MHA causal HD64"},
     {{1, 256, 8, 2, 128, true}, "GQA 4:1 causal HD128"},
     {{2, 96, 4, 1, 64, false}, "MQA full HD64 T96"},
+    {{2, 64, 4, 4, 80, false}, "vision tower: MHA full HD80 (Qwen2-VL's 1280/16)"},
 };
 
 }  // namespace

@@ -222,11 +222,11 @@ TEST_CASE("cross-entropy pieces and the fused kernel match the CPU", "[cuda][xen
   auto rm = env.f32_poison(N), se = env.f32_poison(N), tl = env.f32_poison(N), loss = env.f32_poison(N);
   xent_row_max(rm.data(), dl.data(), N, V, env.ctx);
   xent_sumexp(se.data(), tl.data(), dl.data(), rm.data(), dt.data(), N, V, start, env.ctx);
-  xent_loss(loss.data(), rm.data(), se.data(), tl.data(), N, env.ctx);
+  xent_loss(loss.data(), rm.data(), se.data(), tl.data(), N, nullptr, env.ctx);
   vector<double> L = D(logits), RM(N), SE(N), TL(N), LOSS(N), G(N * V);
   stp::cpu::xent_row_max<double>(RM.data(), L.data(), N, V);
   stp::cpu::xent_sumexp<double>(SE.data(), TL.data(), L.data(), RM.data(), tgt.data(), N, V, start);
-  stp::cpu::xent_loss<double>(LOSS.data(), RM.data(), SE.data(), TL.data(), N);
+  stp::cpu::xent_loss<double>(LOSS.data(), RM.data(), SE.data(), TL.data(), N, nullptr);
   compare("xent_row_max", env.get(rm), RM, 1e-7);
   compare("xent_sumexp", env.get(se), SE, kTolF32);
   compare("xent_sumexp tlogit", env.get(tl), TL, 1e-7);
@@ -244,7 +244,7 @@ TEST_CASE("cross-entropy pieces and the fused kernel match the CPU", "[cuda][xen
   xent_fused(floss.data(), inplace.data(), dt1.data(), 0.25f, N, V, env.ctx);
   stp::cpu::xent_row_max<double>(RM.data(), L.data(), N, V);
   stp::cpu::xent_sumexp<double>(SE.data(), TL.data(), L.data(), RM.data(), tgt.data(), N, V, 0);
-  stp::cpu::xent_loss<double>(LOSS.data(), RM.data(), SE.data(), TL.data(), N);
+  stp::cpu::xent_loss<double>(LOSS.data(), RM.data(), SE.data(), TL.data(), N, nullptr);
   stp::cpu::xent_backward<double>(G.data(), L.data(), RM.data(), SE.data(), tgt.data(), 0.25f, N, V, 0);
   compare("xent_fused loss", env.get(floss), LOSS, kTolF32);
   compare("xent_fused dlogits (in place)", env.get(inplace), G, kTolBf16Out);

@@ -204,7 +204,7 @@ TEST_CASE("tiny GPT loss and gradients match the CPU composition", "[cuda][layer
   cpu::matmul_forward<double>(logits.data(), nf.data(), Wp(model.head_w), nullptr, N, C, V);
   cpu::xent_row_max<double>(rm.data(), logits.data(), N, V);
   cpu::xent_sumexp<double>(se.data(), tl.data(), logits.data(), rm.data(), tgt.data(), N, V, 0);
-  cpu::xent_loss<double>(losses.data(), rm.data(), se.data(), tl.data(), N);
+  cpu::xent_loss<double>(losses.data(), rm.data(), se.data(), tl.data(), N, tgt.data());
   double ref_loss = 0;
   for (double l : losses) ref_loss += l / double(N);
   cpu::xent_backward<double>(logits.data(), logits.data(), rm.data(), se.data(), tgt.data(), 1.0f / float(N), N, V, 0);

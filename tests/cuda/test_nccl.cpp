@@ -229,6 +229,14 @@ std::vector<uint8_t> pattern(DType t, int64_t n, int base) {
       case DType::I32: { const int32_t x = v; std::memcpy(p, &x, 4); break; }
       case DType::I64: { const int64_t x = v; std::memcpy(p, &x, 8); break; }
       case DType::U8: { *p = uint8_t(v); break; }
+      case DType::BF16: {  // the high half of the float: exact for these small integers
+        const float x = float(v);
+        uint32_t bits = 0;
+        std::memcpy(&bits, &x, 4);
+        const uint16_t h = uint16_t(bits >> 16);
+        std::memcpy(p, &h, 2);
+        break;
+      }
     }
   }
   return b;
@@ -292,7 +300,7 @@ TEST_CASE("nccl one rank: every collective on every group, exact", "[nccl][gpu]"
     CHECK(comm->rank(GroupKind(g)) == 0);
     CHECK(comm->members(GroupKind(g)) == std::vector<int>{0});
   }
-  const DType types[] = {DType::F32, DType::F64, DType::I32, DType::I64, DType::U8};
+  const DType types[] = {DType::F32, DType::F64, DType::I32, DType::I64, DType::U8, DType::BF16};
   const int64_t sizes[] = {0, 1, 7, 1000003};
   const GroupKind groups[] = {GroupKind::World, GroupKind::Tp, GroupKind::Pp, GroupKind::Dp, GroupKind::Embed};
   int64_t ops = 0;

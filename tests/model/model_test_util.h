@@ -50,6 +50,23 @@ inline Config tiny_config(const std::string& arch, int tp = 1) {
   return c;
 }
 
+// A tiny Qwen2-VL-style model: tiny_config(arch)'s LLM behind a 2-layer vision tower (8x8
+// images of 2x2 patches: 16 patches, 4 visual tokens at positions 1..4 of the 8-token sequence).
+inline Config tiny_vlm_config(const std::string& arch = "qwen2", int tp = 1) {
+  Config c = tiny_config(arch, tp);
+  VisionConfig& v = c.model.vision;
+  v.enabled = true;
+  v.image_size = 8;
+  v.patch_size = 2;
+  v.channels = 3;
+  v.layers = 2;
+  v.hidden = 16;
+  v.heads = 2;
+  v.ffn_hidden = 32;
+  v.merge_size = 2;
+  return c;
+}
+
 inline std::vector<double> random_vec(int64_t n, uint64_t seed, double scale = 1.0) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> d(0.0, scale);
@@ -70,6 +87,24 @@ inline MicroBatch random_batch(int64_t N, int vocab, uint64_t seed) {
     mb.tokens.push_back(d(rng));
     mb.targets.push_back(d(rng));
   }
+  return mb;
+}
+
+// A micro-batch in the VLM layout (model/desc/desc.h): ids -1 at the visual positions 1..vis,
+// targets -1 at 0..vis-1, random normal patches; a plain random_batch without a vision tower.
+inline MicroBatch make_batch(const Config& cfg, uint64_t seed) {
+  const int64_t b = cfg.schedule.micro_batch_size, T = cfg.model.seq_len;
+  MicroBatch mb = random_batch(b * T, cfg.model.vocab, seed);
+  const VisionGeometry g = vision_geometry(cfg);
+  if (g.visual_tokens == 0) return mb;
+  for (int64_t j = 0; j < b; ++j)
+    for (int64_t t = 0; t < g.visual_tokens; ++t) {
+      mb.tokens[size_t(j * T + 1 + t)] = -1;
+      mb.targets[size_t(j * T + t)] = -1;
+    }
+  const std::vector<double> px =
+      random_vec(b * cfg.model.vision.images_per_sample * g.patches * g.patch_dim, seed + 1000);
+  mb.pixels = to_float(px);
   return mb;
 }
 

@@ -346,7 +346,7 @@ TEST_CASE("cross-entropy: vocab-parallel pieces equal the full softmax loss; FD 
     gse[n] = se[0][n] + se[1][n];
     gtl[n] = tl[0][n] + tl[1][n];
   }
-  cpu::xent_loss(losses.data(), gmax.data(), gse.data(), gtl.data(), N);
+  cpu::xent_loss(losses.data(), gmax.data(), gse.data(), gtl.data(), N, nullptr);
   CHECK(std::accumulate(losses.begin(), losses.end(), 0.0) == Approx(full_loss()).epsilon(1e-12));
   // Backward per shard, in place on the shard's logits, scaled by 0.5.
   Vec dlogits(N * V);

@@ -78,7 +78,7 @@ struct TableWalk {
 
 struct Driver {
   const ModelDesc& desc;
-  std::vector<ModelShape> shapes;
+  std::vector<ModelShape> shapes, vshapes;
   std::vector<StageParams<float>> params;
   ActivationStore<float> store;
   RecordingSource rec;
@@ -90,9 +90,10 @@ struct Driver {
       : desc(d),
         store(d),
         rec(store),
-        mb(random_batch(model_shape(cfg, 0).N, cfg.model.vocab, 3)),
+        mb(make_batch(cfg, 3)),
         walk{d, {}, 0, 0} {
     shapes.push_back(model_shape(cfg, 0));
+    if (cfg.model.vision.enabled) vshapes.push_back(vision_shape(cfg, 0));
     for (const StageDesc& s : d.stages) params.emplace_back(s, 1, 0, ParamInit{});
   }
   void run(int s, UnitRef p) {
@@ -100,6 +101,8 @@ struct Driver {
     rec.current = p;
     UnitCtx<float> ctx;
     ctx.shape = &shapes[0];
+    ctx.vshape = vshapes.empty() ? nullptr : &vshapes[0];
+    ctx.pixels = mb.pixels.empty() ? nullptr : mb.pixels.data();
     ctx.stage = &desc.stages[size_t(s)];
     ctx.params = &params[size_t(s)];
     ctx.store = &rec;
@@ -187,6 +190,13 @@ TEST_CASE("units produce and read exactly the tensor table; bytes match a table 
     check_table(tiny_config(arch), {1, 1});
     check_table(tiny_config(arch), {0, 2});  // a stage with no layers: In feeds Out directly
   }
+  INFO("vlm");
+  check_table(tiny_vlm_config("qwen2"), {2});
+  check_table(tiny_vlm_config("gpt"), {1, 1});
+  Config spread = tiny_vlm_config("llama");
+  spread.model.vision.placement = "spread";
+  spread.model.vision.spread_stages = 2;
+  check_table(spread, {0, 2});  // stage 0 sends the vision stream, stage 1 merges
 }
 
 TEST_CASE("activation store: a write past a tensor's elements is reported by name", "[table]") {

@@ -29,9 +29,20 @@ Config tp_config(const std::string& arch) {
 // gives O(1).
 constexpr double kTpBound = 2e-5;
 
-void check_tp(const std::string& arch, int tp, std::vector<int> split) {
+// tp_config's LLM behind tiny_vlm_config's tower with 4 vision heads (so tp 4 splits them).
+Config tp_vlm_config(const std::string& arch) {
+  Config c = tp_config(arch);
+  c.model.vision = tiny_vlm_config(arch).model.vision;
+  c.model.vision.hidden = 32;
+  c.model.vision.heads = 4;
+  c.model.vision.ffn_hidden = 64;
+  return c;
+}
+
+void check_tp(const Config& base, int tp, std::vector<int> split) {
+  const std::string arch = base.model.arch + (base.model.vision.enabled ? "-vl" : "");
   INFO(arch << " tp=" << tp << " stages=" << split.size());
-  Config c1 = tp_config(arch), ck = c1;
+  Config c1 = base, ck = c1;
   ck.parallel.tp = tp;
   const ParamInit init{42, c1.model.init_std, c1.model.layers, true};
   Reference<float> r1, rk;
@@ -41,7 +52,8 @@ void check_tp(const std::string& arch, int tp, std::vector<int> split) {
   const FullState v1 = reference_full_state(r1, false), vk = reference_full_state(rk, false);
   for (const auto& [name, t] : v1) REQUIRE(vk.at(name).data == t.data);
   const int64_t N = r1.shapes[0].N;
-  std::vector<MicroBatch> mbs = {random_batch(N, 64, 7), random_batch(N, 64, 8)};
+  std::vector<MicroBatch> mbs = {make_batch(c1, 7), make_batch(c1, 8)};
+  REQUIRE(int64_t(mbs[0].tokens.size()) == N);
   std::vector<double> l1, lk;
   REQUIRE(reference_logits(r1, mbs[0], &l1) == "");
   REQUIRE(reference_logits(rk, mbs[0], &lk) == "");
@@ -80,8 +92,20 @@ TEST_CASE("TP equivalence: tp=2 and tp=4 match tp=1 (loss, logits, all gradients
   // bias or position embedding is added on more than one rank, a TP-partial norm gradient is not
   // summed, or the global gradient norm counts a replicated tensor more than once.
   for (const char* arch : {"gpt", "llama", "qwen2"})
-    for (int tp : {2, 4}) check_tp(arch, tp, {});
-  check_tp("llama", 2, {1, 1});
+    for (int tp : {2, 4}) check_tp(tp_config(arch), tp, {});
+  check_tp(tp_config("llama"), 2, {1, 1});
+}
+
+TEST_CASE("TP equivalence of the VLM: vision tower, merger and LLM at tp=2 and tp=4", "[tp][vlm]") {
+  // Fails if the row-parallel patch embedding reads the wrong patch columns, the vision qkv or MLP
+  // shards are mis-split, the merger's column/row-parallel pair or its bias (added once) is
+  // wrong, the TP-partial merger norm gradient is not summed, or the splice misplaces a shard.
+  for (const char* arch : {"qwen2", "gpt"})
+    for (int tp : {2, 4}) check_tp(tp_vlm_config(arch), tp, {});
+  Config spread = tp_vlm_config("qwen2");
+  spread.model.vision.placement = "spread";
+  spread.model.vision.spread_stages = 2;
+  check_tp(spread, 2, {0, 2});
 }
 
 TEST_CASE("TP equivalence with tied embeddings over two stages", "[tp]") {

@@ -162,6 +162,23 @@ TEST_CASE("send/recv match in call order between a pair, around the PP ring", "[
     for (int i = 0; i < B; ++i) REQUIRE(in[m][i] == float(10000 * prev + 100 * m + i));
 }
 
+// Fails if bf16 payloads are not moved bit for bit (every 16-bit pattern, NaNs included), or the
+// MPI backend pretends to reduce them.
+TEST_CASE("bf16: moved bit for bit around the ring; reductions refused with a clear error", "[mpi][comm]") {
+  auto c = make_comm(1, test_mpi_session().world_size(), 1);
+  const GroupKind g = GroupKind::Pp;
+  const int n = c->size(g), k = c->rank(g), next = (k + 1) % n, prev = (k + n - 1) % n;
+  std::vector<uint16_t> out(65536), in(65536, 0);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = uint16_t(i + 7 * k);
+  CommHandle r = c->recv(g, in.data(), int64_t(in.size()), DType::BF16, prev);
+  CommHandle s = c->send(g, out.data(), int64_t(out.size()), DType::BF16, next);
+  require_ok(s);
+  require_ok(r);
+  for (size_t i = 0; i < in.size(); ++i) REQUIRE(in[i] == uint16_t(i + 7 * prev));
+  CommHandle a = c->all_reduce(g, out.data(), out.data(), 4, DType::BF16, ReduceOp::Sum);
+  CHECK_THAT(a.wait(kTimeout).error, Catch::Contains("does not reduce bf16"));
+}
+
 // Fails if a receive of the wrong size silently truncates or under-fills.
 TEST_CASE("a point-to-point size mismatch is an error naming the counts", "[mpi][comm]") {
   auto c = make_comm(1, test_mpi_session().world_size(), 1);

@@ -20,6 +20,7 @@
 #include "runtime/trainer.h"
 #include "scheduler/schedules.h"
 #include "scheduler/simulator.h"
+#include "tests/model/model_test_util.h"
 #include "tests/mpi/mpi_test_util.h"
 #include "tests/runtime/exec_util.h"
 
@@ -66,23 +67,43 @@ struct RefRun {
   Reference<float> ref;
   explicit RefRun(const Config& dist) : cfg(dist) {
     cfg.parallel = ParallelConfig{};
+    cfg.model.vision.placement = "front";  // one stage: placement changes no arithmetic
     cfg.schedule.microbatches = dist.schedule.microbatches * dist.parallel.dp;
     const ParamInit init = param_init_of(cfg);
     REQUIRE(reference_init(ref, cfg, {}, init).empty());
   }
   std::vector<MicroBatch> batches(int64_t step) const {
-    DataShape sh{cfg.model.seq_len, cfg.schedule.micro_batch_size, cfg.schedule.microbatches, 1, cfg.model.vocab};
+    const DataShape sh = data_shape_of(cfg);
     auto d = DataLoader::open(cfg.data, sh);
+    REQUIRE(d.loader);
     std::vector<MicroBatch> mbs(size_t(sh.microbatches));
     const size_t N = size_t(sh.micro_batch) * sh.seq_len;
     for (int m = 0; m < sh.microbatches; ++m) {
       mbs[m].tokens.resize(N);
       mbs[m].targets.resize(N);
-      d.loader->load(step, 0, m, mbs[m].tokens.data(), mbs[m].targets.data());
+      mbs[m].pixels.resize(size_t(sh.micro_batch * sh.patch_values));
+      REQUIRE(d.loader->load(step, 0, m, mbs[m].tokens.data(), mbs[m].targets.data(),
+                             mbs[m].pixels.empty() ? nullptr : mbs[m].pixels.data()) == "");
     }
     return mbs;
   }
 };
+
+// The first schedule's run becomes the baseline; every later one must equal it bit for bit in
+// loss and gradient norm at every step.
+void check_same_steps(const std::vector<StepReport>& r, std::vector<StepReport>& first,
+                      std::string& first_name, const std::string& name) {
+  if (first.empty()) {
+    first = r;
+    first_name = name;
+    return;
+  }
+  REQUIRE(r.size() == first.size());
+  for (size_t s = 0; s < r.size(); ++s) {
+    CHECK(r[s].loss == first[s].loss);
+    CHECK(r[s].grad_norm == first[s].grad_norm);
+  }
+}
 
 std::vector<std::vector<int>> match_grids(int world) {
   if (world == 2) return {{2, 1, 1}, {1, 2, 1}, {1, 1, 2}};
@@ -115,15 +136,7 @@ TEST_CASE("per-step losses are bit-identical across every schedule", "[mpi][trai
         INFO("grid tp" << g[0] << " pp" << g[1] << " dp" << g[2] << " tied " << tie << ": " << name
                        << " vs " << first_name);
         CHECK(r[0].clip_scale < 1.0);
-        if (first.empty()) {
-          first = r;
-          first_name = name;
-          continue;
-        }
-        for (size_t s = 0; s < r.size(); ++s) {
-          CHECK(r[s].loss == first[s].loss);
-          CHECK(r[s].grad_norm == first[s].grad_norm);
-        }
+        check_same_steps(r, first, first_name, name);
       }
     }
   }
@@ -334,6 +347,66 @@ TEST_CASE("measured activation peak equals the simulator's prediction", "[mpi][t
       if (d.tr->topology().me.tp == 0 && d.tr->topology().me.dp == 0)
         std::printf("# memory %-10s pp %d rank %d: measured %7lld B, simulated %7lld B\n", name.c_str(),
                     g[1], pr, (long long)measured, (long long)predicted);
+    }
+  }
+}
+
+namespace {
+
+// train_config's tiny GPT behind a 2-layer vision tower (8x8 images of 2x2 patches, 4 visual
+// tokens at positions 1..4 of the 8-token sequence), on seeded synthetic image-text data. `spread`
+// puts one vision layer on each of the first two virtual stages (stage 0 holds vision only) and
+// the merger plus the LLM after it.
+Config vlm_config(int tp, int pp, int dp, const std::string& schedule, int M, bool spread) {
+  Config c = train_config(tp, pp, dp, schedule, M);
+  // LLM layers divisible over the LLM stages of 1 or 2 chunks per rank at pp 2: front 2 or 4
+  // stages, spread 1 or 3.
+  c.model.layers = spread ? 6 : 4;
+  VisionConfig& v = c.model.vision;
+  v = stp::test::tiny_vlm_config().model.vision;
+  if (spread) {
+    v.placement = "spread";
+    v.spread_stages = 2;
+  }
+  return c;
+}
+
+}  // namespace
+
+// The VLM under mpirun: fails if any schedule computes other arithmetic than the others on the
+// same grid (bit-identical losses and norms, as for the LLM), or the distributed run drifts from
+// the single-rank reference (same bounds as the LLM test above) -- with the vision tower at the
+// front of stage 0 and spread over the first two stages.
+TEST_CASE("VLM: losses bit-identical across every schedule and equal to the single-rank reference",
+          "[mpi][train][vlm]") {
+  const int world = test_mpi_session().world_size();
+  const std::vector<int> g = world == 2 ? std::vector<int>{1, 2, 1}
+                             : world == 8 ? std::vector<int>{2, 2, 2}
+                                          : std::vector<int>{2, 2, 1};
+  for (bool spread : {false, true}) {
+    const int M = common_microbatches(g[1]);
+    std::vector<StepReport> first;
+    std::string first_name;
+    for (const std::string& name : pipeline_schedule_names()) {
+      Config cfg = vlm_config(g[0], g[1], g[2], name, M, spread);
+      INFO("VLM grid tp" << g[0] << " pp" << g[1] << " dp" << g[2] << (spread ? " spread" : " front")
+                         << ", layers " << cfg.model.layers << ": " << name << " vs " << first_name);
+      Dist d = make_trainer(cfg);
+      std::vector<StepReport> r;
+      if (name == "stp") {  // also against the single-rank reference, step by step
+        RefRun ref(cfg);
+        for (int s = 1; s <= cfg.train.steps; ++s) {
+          RefStats rs;
+          REQUIRE(reference_step(ref.ref, ref.batches(s), lr_at(cfg.train, s), &rs).empty());
+          r.push_back(run_steps(*d.tr, 1)[0]);
+          CHECK(r.back().loss == Approx(rs.loss).epsilon(s == 1 ? 1e-7 : 1e-6));
+          CHECK(r.back().grad_norm == Approx(rs.grad_norm).epsilon(1e-5));
+        }
+      } else {
+        r = run_steps(*d.tr, cfg.train.steps);
+      }
+      CHECK(r[0].clip_scale < 1.0);
+      check_same_steps(r, first, first_name, name);
     }
   }
 }

@@ -10,29 +10,12 @@
 #include <vector>
 
 #include "runtime/data.h"
+#include "tests/runtime/temp_file.h"
 
 using namespace stp;
+using stp_test::TempFile;
 
 namespace {
-
-// A temporary file removed at scope exit.
-struct TempFile {
-  std::string path;
-  template <class T>
-  explicit TempFile(const std::vector<T>& ids) {
-    char tmpl[] = "/tmp/stp_data_XXXXXX";
-    const int fd = mkstemp(tmpl);
-    REQUIRE(fd >= 0);
-    path = tmpl;
-    // Little-endian bytes regardless of the host.
-    std::vector<unsigned char> bytes;
-    for (T v : ids)
-      for (size_t k = 0; k < sizeof(T); ++k) bytes.push_back((uint64_t(v) >> (8 * k)) & 0xff);
-    REQUIRE(write(fd, bytes.data(), bytes.size()) == ssize_t(bytes.size()));
-    close(fd);
-  }
-  ~TempFile() { std::remove(path.c_str()); }
-};
 
 DataConfig tokens_cfg(const std::string& path, const std::string& dtype, bool shuffle = false) {
   DataConfig c;

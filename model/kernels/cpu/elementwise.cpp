@@ -1,5 +1,5 @@
-// elementwise.cpp: GELU (tanh approximation), SwiGLU, residual add and RoPE (contract in
-// kernels.h). Memory-bound loops; the compiler vectorises them.
+// elementwise.cpp: GELU (tanh approximation), SwiGLU, residual add and RoPE, 1-D and the vision
+// tower's 2-D (contract in kernels.h). Memory-bound loops; the compiler vectorises them.
 #include <cmath>
 #include <vector>
 
@@ -106,28 +106,20 @@ void residual_forward(T* out, const T* a, const T* b, int64_t n) {
 
 namespace {
 
-// cos/sin (T, HD/2) of the angle t * theta^(-2i/HD), computed in double.
-template <typename T>
-void rope_table(std::vector<T>& cs, std::vector<T>& sn, int64_t T_, int64_t HD, float theta) {
-  const int64_t half = HD / 2;
-  cs.resize(size_t(T_ * half));
-  sn.resize(size_t(T_ * half));
-  for (int64_t i = 0; i < half; ++i) {
-    const double inv_freq = std::pow(double(theta), -2.0 * double(i) / double(HD));
-    for (int64_t t = 0; t < T_; ++t) {
-      cs[t * half + i] = T(std::cos(double(t) * inv_freq));
-      sn[t * half + i] = T(std::sin(double(t) * inv_freq));
-    }
-  }
-}
-
-// Rotates the q and k heads of every token of qkv by +angle (sign 1) or -angle (sign -1).
-template <typename T>
-void rope_apply(T* qkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int64_t HD, float theta,
-                T sign) {
-  std::vector<T> cs, sn;
-  rope_table(cs, sn, T_, HD, theta);
+// Rotates the q and k heads of every token of qkv (B, T, QKV) by +angle (sign 1) or -angle
+// (sign -1); angle(t, i) (double) is pair i's angle at position t of a sequence. The cos/sin
+// table (T, HD/2) is computed once per call, in double.
+template <typename T, typename Angle>
+void rope_apply(T* qkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int64_t HD, T sign,
+                const Angle& angle) {
   const int64_t half = HD / 2, QKV = (NH + 2 * NKV) * HD;
+  std::vector<T> cs(size_t(T_ * half)), sn(size_t(T_ * half));
+  for (int64_t t = 0; t < T_; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = angle(t, i);
+      cs[t * half + i] = T(std::cos(a));
+      sn[t * half + i] = T(std::sin(a));
+    }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T_; ++t) {
       T* row = qkv + (b * T_ + t) * QKV;
@@ -144,18 +136,60 @@ void rope_apply(T* qkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int64_t 
     }
 }
 
+// theta^(-j/n), j < n: the 1-D rope's theta^(-2i/HD) for n = HD/2, the 2-D rope's theta^(-4j/HD)
+// for n = HD/4.
+std::vector<double> rope_freqs(int64_t n, float theta) {
+  std::vector<double> f(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) f[j] = std::pow(double(theta), -double(j) / double(n));
+  return f;
+}
+
+// 1-D: pair i at position t turns by t * theta^(-2i/HD).
+template <typename T>
+void rope1d_apply(T* qkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int64_t HD,
+                  float theta, T sign) {
+  const std::vector<double> f = rope_freqs(HD / 2, theta);
+  rope_apply(qkv, B, T_, NH, NKV, HD, sign, [&](int64_t t, int64_t i) { return double(t) * f[i]; });
+}
+
+// 2-D: patch p's (row, col) from the merge-window order; the first HD/4 pairs turn with the row,
+// the rest with the column, both with the frequencies theta^(-4j/HD), j < HD/4.
+template <typename T>
+void rope2d_apply(T* qkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                  int64_t grid, int64_t merge, float theta, T sign) {
+  const int64_t quarter = HD / 4, windows_per_row = grid / merge;
+  const std::vector<double> f = rope_freqs(quarter, theta);
+  rope_apply(qkv, B, Np, NH, NKV, HD, sign, [&](int64_t p, int64_t i) {
+    const int64_t wi = p / (merge * merge), q = p % (merge * merge);
+    if (i < quarter) return double((wi / windows_per_row) * merge + q / merge) * f[i];
+    return double((wi % windows_per_row) * merge + q % merge) * f[i - quarter];
+  });
+}
+
 }  // namespace
 
 template <typename T>
 void rope_forward(T* qkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int64_t HD, float theta) {
-  rope_apply(qkv, B, T_, NH, NKV, HD, theta, T(1));
+  rope1d_apply(qkv, B, T_, NH, NKV, HD, theta, T(1));
 }
 
 // The rotation is orthogonal, so its backward is the inverse rotation.
 template <typename T>
 void rope_backward(T* dqkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int64_t HD,
                    float theta) {
-  rope_apply(dqkv, B, T_, NH, NKV, HD, theta, T(-1));
+  rope1d_apply(dqkv, B, T_, NH, NKV, HD, theta, T(-1));
+}
+
+template <typename T>
+void rope2d_forward(T* qkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                    int64_t grid, int64_t merge, float theta) {
+  rope2d_apply(qkv, B, Np, NH, NKV, HD, grid, merge, theta, T(1));
+}
+
+template <typename T>
+void rope2d_backward(T* dqkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                     int64_t grid, int64_t merge, float theta) {
+  rope2d_apply(dqkv, B, Np, NH, NKV, HD, grid, merge, theta, T(-1));
 }
 
 #define STP_INSTANTIATE(T)                                                               \
@@ -165,7 +199,11 @@ void rope_backward(T* dqkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int6
   template void swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t);            \
   template void residual_forward<T>(T*, const T*, const T*, int64_t);                    \
   template void rope_forward<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, float); \
-  template void rope_backward<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+  template void rope_backward<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, float); \
+  template void rope2d_forward<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,  \
+                                  int64_t, float);                                         \
+  template void rope2d_backward<T>(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                   int64_t, float);
 STP_INSTANTIATE(float)
 STP_INSTANTIATE(double)
 #undef STP_INSTANTIATE

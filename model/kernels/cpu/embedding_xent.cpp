@@ -76,6 +76,10 @@ STP_MULTIVERSION void xent_backward_rows(int64_t lo, int64_t hi, T* dlogits, con
   for (int64_t n = lo; n < hi; ++n) {
     const T* l = logits + n * V;
     T* d = dlogits + n * V;
+    if (targets[n] < 0) {  // ignored row: no loss, no gradient
+      for (int64_t v = 0; v < V; ++v) d[v] = T(0);
+      continue;
+    }
     const T inv = T(dscale) / sumexp[n], m = rowmax[n];
     for (int64_t v = 0; v < V; ++v) d[v] = exp_fast(l[v] - m) * inv;
     const int64_t t = int64_t(targets[n]) - vocab_start;
@@ -94,8 +98,10 @@ void xent_sumexp(T* sumexp, T* tlogit, const T* logits, const T* rowmax, const i
 }
 
 template <typename T>
-void xent_loss(T* losses, const T* rowmax, const T* sumexp, const T* tlogit, int64_t N) {
-  for (int64_t n = 0; n < N; ++n) losses[n] = std::log(sumexp[n]) + rowmax[n] - tlogit[n];
+void xent_loss(T* losses, const T* rowmax, const T* sumexp, const T* tlogit, int64_t N,
+               const int* targets) {
+  for (int64_t n = 0; n < N; ++n)
+    losses[n] = (targets && targets[n] < 0) ? T(0) : std::log(sumexp[n]) + rowmax[n] - tlogit[n];
 }
 
 template <typename T>
@@ -113,7 +119,7 @@ void xent_backward(T* dlogits, const T* logits, const T* rowmax, const T* sumexp
                                       int64_t, int64_t);                                           \
   template void xent_row_max<T>(T*, const T*, int64_t, int64_t);                                   \
   template void xent_sumexp<T>(T*, T*, const T*, const T*, const int*, int64_t, int64_t, int64_t); \
-  template void xent_loss<T>(T*, const T*, const T*, const T*, int64_t);                           \
+  template void xent_loss<T>(T*, const T*, const T*, const T*, int64_t, const int*);               \
   template void xent_backward<T>(T*, const T*, const T*, const T*, const int*, float, int64_t,     \
                                  int64_t, int64_t);
 STP_INSTANTIATE(float)

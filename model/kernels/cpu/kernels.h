@@ -94,6 +94,20 @@ void rope_forward(T* qkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int64_
 template <typename T>
 void rope_backward(T* dqkv, int64_t B, int64_t T_, int64_t NH, int64_t NKV, int64_t HD,
                    float theta);
+// 2-D RoPE of the vision tower (Qwen2-VL's VisionRotaryEmbedding), in place on the q and k heads
+// of qkv (B, Np, QKV): B images of Np = grid * grid patches each, in merge-window order (every
+// merge x merge window contiguous, windows row-major): patch p has window wi = p / merge^2, q =
+// p % merge^2, row h = (wi / (grid/merge)) * merge + q / merge, col w = (wi % (grid/merge)) *
+// merge + q % merge. Same rotate_half pairing as rope_forward; pair i < HD/4 rotates by
+// h * f_i, pair i >= HD/4 by w * f_(i - HD/4), f_j = theta^(-4j/HD). Requires HD % 4 == 0 and
+// grid % merge == 0 (unchecked here, like every CPU kernel: the config validates them). The
+// backward applies the inverse rotation to dq and dk of dqkv (in place).
+template <typename T>
+void rope2d_forward(T* qkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                    int64_t grid, int64_t merge, float theta);
+template <typename T>
+void rope2d_backward(T* dqkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                     int64_t grid, int64_t merge, float theta);
 
 // ---- causal softmax attention, GQA. qkv (B, T, QKV): per token NH query heads, then NKV key
 // heads, then NKV value heads, each HD contiguous. Query head h reads key/value head h / (NH/NKV).
@@ -123,19 +137,24 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int* tokens, int6
                         int64_t C, int64_t vocab_start, int64_t V);
 
 // ---- vocab-parallel cross-entropy on this shard's logits (N, V); targets are global ids.
+// A target < 0 means "no loss here" (the visual positions of a VLM sequence): its row has loss 0
+// and dlogits 0 on every rank, so a mean loss must divide by the number of targets >= 0.
 // In order (the caller all-reduces between them):
 //   xent_row_max:  rowmax (N) = max_v logits                               -> all-reduce MAX
 //   xent_sumexp:   sumexp (N) = sum_v exp(l - rowmax); tlogit (N) = the target's logit on the
-//                  rank that holds it, else 0                              -> all-reduce SUM (both)
-//   xent_loss:     losses (N) = log(sumexp) + rowmax - tlogit
-//   xent_backward: dlogits = dscale * (softmax - onehot); dlogits may alias logits (in place)
+//                  rank that holds it, else 0 (also 0 for a target < 0)    -> all-reduce SUM (both)
+//   xent_loss:     losses (N) = log(sumexp) + rowmax - tlogit, 0 where targets[n] < 0 (targets
+//                  may be null: no row is ignored)
+//   xent_backward: dlogits = dscale * (softmax - onehot), 0 on rows whose target < 0; dlogits
+//                  may alias logits (in place)
 template <typename T>
 void xent_row_max(T* rowmax, const T* logits, int64_t N, int64_t V);
 template <typename T>
 void xent_sumexp(T* sumexp, T* tlogit, const T* logits, const T* rowmax, const int* targets,
                  int64_t N, int64_t V, int64_t vocab_start);
 template <typename T>
-void xent_loss(T* losses, const T* rowmax, const T* sumexp, const T* tlogit, int64_t N);
+void xent_loss(T* losses, const T* rowmax, const T* sumexp, const T* tlogit, int64_t N,
+               const int* targets);
 template <typename T>
 void xent_backward(T* dlogits, const T* logits, const T* rowmax, const T* sumexp,
                    const int* targets, float dscale, int64_t N, int64_t V, int64_t vocab_start);

@@ -6,6 +6,8 @@
 //   SwiGLU: inp row = [gate (F) | up (F)]; out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
 //   RoPE: rotate-half pairs (i, i + HD/2), angle t * theta^(-2i/HD), applied in place to the
 //   NH query and NKV key heads of each token of qkv; the backward applies the inverse rotation.
+//   2-D RoPE (vision): the same rotation; the angle of pair i is the patch's row (i < HD/4) or
+//   column (i >= HD/4) times theta^(-4(i mod HD/4)/HD). One kernel, templated on the angle.
 #include "model/kernels/cuda/kernels.h"
 
 #include <cmath>
@@ -107,22 +109,66 @@ __global__ void cast_to_f32_kernel(float* out, const bf16* inp, int64_t n8) {
   reinterpret_cast<float4*>(out)[2 * i + 1] = make_float4(f[4], f[5], f[6], f[7]);
 }
 
-// One thread per (token, head, pair i < HD/2) of the NH + NKV rotated heads. sign = -1 inverts.
-__global__ void rope_kernel(bf16* qkv, int64_t B, int64_t T, int NH, int NKV, int HD, float theta,
+// Pair i's angle at position t of a sequence (the CPU twin's angle(t, i)), fp32.
+struct Rope1dAngle {
+  float theta;
+  int HD;
+  __device__ float operator()(int64_t t, int i) const {
+    return float(t) * powf(theta, -2.0f * float(i) / float(HD));
+  }
+};
+
+// Patch p's (row, col) from the merge-window order; pairs i < HD/4 turn with the row, the rest
+// with the column, at theta^(-4j/HD), j = i mod HD/4.
+struct Rope2dAngle {
+  float theta;
+  int HD, grid, merge;
+  __device__ float operator()(int64_t p, int i) const {
+    const int quarter = HD / 4, mm = merge * merge, wi = int(p / mm), q = int(p % mm);
+    const int pos = i < quarter ? (wi / (grid / merge)) * merge + q / merge
+                                : (wi % (grid / merge)) * merge + q % merge;
+    return float(pos) * powf(theta, -4.0f * float(i % quarter) / float(HD));
+  }
+};
+
+// One thread per (token, head, pair i < HD/2) of the NH + NKV rotated heads of qkv (B, T, QKV).
+// sign = -1 inverts.
+template <typename Angle>
+__global__ void rope_kernel(bf16* qkv, int64_t B, int64_t T, int NH, int NKV, int HD, Angle angle,
                             float sign) {
   const int half = HD / 2, heads = NH + NKV;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= B * T * heads * half) return;
   const int i = int(idx % half), h = int((idx / half) % heads);
   const int64_t tok = idx / (int64_t(half) * heads), t = tok % T;
-  const float inv_freq = powf(theta, -2.0f * float(i) / float(HD));
   float s, c;
-  sincosf(float(t) * inv_freq, &s, &c);
+  sincosf(angle(t, i), &s, &c);
   s *= sign;
   bf16* p = qkv + tok * int64_t(NH + 2 * NKV) * HD + int64_t(h) * HD;
   const float x1 = __bfloat162float(p[i]), x2 = __bfloat162float(p[i + half]);
   p[i] = __float2bfloat16(x1 * c - x2 * s);
   p[i + half] = __float2bfloat16(x2 * c + x1 * s);
+}
+
+template <typename Angle>
+void rope_launch(bf16* qkv, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
+                 const Angle& angle, float sign, Ctx& ctx) {
+  const int64_t n = B * T * (NH + NKV) * (HD / 2);
+  rope_kernel<<<ceil_div(n, kBlock), kBlock, 0, ctx.stream>>>(qkv, B, T, int(NH), int(NKV),
+                                                              int(HD), angle, sign);
+  CUDA_CHECK_LAUNCH();
+}
+
+void check_rope2d(const char* what, int64_t Np, int64_t HD, int64_t grid, int64_t merge) {
+  using std::to_string;
+  std::string bad;
+  if (HD % 4 != 0)
+    bad = "HD = " + to_string(HD) + " must be a multiple of 4";
+  else if (merge < 1 || grid % merge != 0)
+    bad = "grid = " + to_string(grid) + " must be a multiple of merge = " + to_string(merge);
+  else if (Np != grid * grid)
+    bad = "Np = " + to_string(Np) + " must be grid^2 = " + to_string(grid * grid);
+  if (!bad.empty()) throw CudaError(std::string(what) + ": " + bad);
 }
 
 }  // namespace
@@ -172,19 +218,27 @@ void cast_bf16_to_f32(float* out, const bf16* inp, int64_t n, Ctx& ctx) {
 void rope_forward(bf16* qkv, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
                   float theta, Ctx& ctx) {
   if (HD % 2 != 0) throw CudaError("rope_forward: HD = " + std::to_string(HD) + " must be even");
-  const int64_t n = B * T * (NH + NKV) * (HD / 2);
-  rope_kernel<<<ceil_div(n, kBlock), kBlock, 0, ctx.stream>>>(qkv, B, T, int(NH), int(NKV),
-                                                              int(HD), theta, 1.0f);
-  CUDA_CHECK_LAUNCH();
+  rope_launch(qkv, B, T, NH, NKV, HD, Rope1dAngle{theta, int(HD)}, 1.0f, ctx);
 }
 
 void rope_backward(bf16* dqkv, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
                    float theta, Ctx& ctx) {
   if (HD % 2 != 0) throw CudaError("rope_backward: HD = " + std::to_string(HD) + " must be even");
-  const int64_t n = B * T * (NH + NKV) * (HD / 2);
-  rope_kernel<<<ceil_div(n, kBlock), kBlock, 0, ctx.stream>>>(dqkv, B, T, int(NH), int(NKV),
-                                                              int(HD), theta, -1.0f);
-  CUDA_CHECK_LAUNCH();
+  rope_launch(dqkv, B, T, NH, NKV, HD, Rope1dAngle{theta, int(HD)}, -1.0f, ctx);
+}
+
+void rope2d_forward(bf16* qkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                    int64_t grid, int64_t merge, float theta, Ctx& ctx) {
+  check_rope2d("rope2d_forward", Np, HD, grid, merge);
+  rope_launch(qkv, B, Np, NH, NKV, HD, Rope2dAngle{theta, int(HD), int(grid), int(merge)}, 1.0f,
+              ctx);
+}
+
+void rope2d_backward(bf16* dqkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                     int64_t grid, int64_t merge, float theta, Ctx& ctx) {
+  check_rope2d("rope2d_backward", Np, HD, grid, merge);
+  rope_launch(dqkv, B, Np, NH, NKV, HD, Rope2dAngle{theta, int(HD), int(grid), int(merge)}, -1.0f,
+              ctx);
 }
 
 }  // namespace stp::cuda

@@ -63,6 +63,14 @@ void rope_forward(bf16* qkv, int64_t B, int64_t T, int64_t NH, int64_t NKV, int6
                   float theta, Ctx& ctx);
 void rope_backward(bf16* dqkv, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
                    float theta, Ctx& ctx);
+// 2-D RoPE of the vision tower on qkv (B, Np, QKV), B images of Np = grid^2 patches in
+// merge-window order: patch p's (row h, col w) and the angles (h * f_i for pair i < HD/4, w *
+// f_(i - HD/4) above, f_j = theta^(-4j/HD)) as in the CPU twin. Throws unless HD % 4 == 0,
+// grid % merge == 0 and Np == grid^2.
+void rope2d_forward(bf16* qkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                    int64_t grid, int64_t merge, float theta, Ctx& ctx);
+void rope2d_backward(bf16* dqkv, int64_t B, int64_t Np, int64_t NH, int64_t NKV, int64_t HD,
+                     int64_t grid, int64_t merge, float theta, Ctx& ctx);
 
 // ---- attention (see attention.h): out (B, T, NH*HD), lse (B, NH, T); dqkv overwritten.
 void attention_forward(bf16* out, float* lse, const bf16* qkv, const AttnShape& s, Ctx& ctx);
@@ -79,19 +87,23 @@ void embedding_backward(float* dwte, float* dwpe, const bf16* dout, const int* t
                         int64_t T, int64_t C, int64_t vocab_start, int64_t V, Ctx& ctx);
 
 // ---- vocab-parallel cross-entropy on logits (N, V) of this shard; targets global ids.
+// A target < 0 means "no loss here": its row has loss 0 and dlogits 0 on every rank (a mean loss
+// divides by the number of targets >= 0).
 // The TP pieces, in order (the caller all-reduces between them):
 //   xent_row_max:   rowmax (N) = max_v logits                           -> all-reduce MAX
 //   xent_sumexp:    sumexp (N) = sum_v exp(l - rowmax); tlogit (N) = the target's logit on the
-//                   rank that holds it, else 0                          -> all-reduce SUM (both)
-//   xent_loss:      losses (N) = log(sumexp) + rowmax - tlogit
-//   xent_backward:  dlogits = dscale * (softmax - onehot), in place allowed (dlogits == logits)
+//                   rank that holds it, else 0 (also for targets < 0)   -> all-reduce SUM (both)
+//   xent_loss:      losses (N) = log(sumexp) + rowmax - tlogit, 0 where targets[n] < 0 (targets
+//                   may be null: no row is ignored)
+//   xent_backward:  dlogits = dscale * (softmax - onehot), 0 on rows whose target < 0; in place
+//                   allowed (dlogits == logits)
 // xent_fused: TP = 1, all of it in one pass per row (online softmax), logits overwritten by
-// their gradient: the full-vocab softmax is never stored in fp32.
+// their gradient: the full-vocab softmax is never stored in fp32. Ignores targets < 0 likewise.
 void xent_row_max(float* rowmax, const bf16* logits, int64_t N, int64_t V, Ctx& ctx);
 void xent_sumexp(float* sumexp, float* tlogit, const bf16* logits, const float* rowmax,
                  const int* targets, int64_t N, int64_t V, int64_t vocab_start, Ctx& ctx);
 void xent_loss(float* losses, const float* rowmax, const float* sumexp, const float* tlogit,
-               int64_t N, Ctx& ctx);
+               int64_t N, const int* targets, Ctx& ctx);
 void xent_backward(bf16* dlogits, const bf16* logits, const float* rowmax, const float* sumexp,
                    const int* targets, float dscale, int64_t N, int64_t V, int64_t vocab_start,
                    Ctx& ctx);

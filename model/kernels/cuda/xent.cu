@@ -8,6 +8,7 @@
 // xent_fused (TP = 1) does max, sum-exp, loss and gradient in two passes over the row instead of
 // four: pass 1 keeps a per-thread running (max, sum) pair (online softmax) merged across the
 // block; pass 2 writes the gradient in place.
+// A target < 0 marks a row without loss (kernels.h): loss 0 and a zero gradient row.
 #include "model/kernels/cuda/kernels.h"
 
 #include <string>
@@ -57,9 +58,16 @@ __global__ void sumexp_kernel(float* sumexp, float* tlogit, const bf16* logits,
 }
 
 __global__ void loss_kernel(float* losses, const float* rowmax, const float* sumexp,
-                            const float* tlogit, int64_t N) {
+                            const float* tlogit, const int* targets, int64_t N) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n < N) losses[n] = logf(sumexp[n]) + rowmax[n] - tlogit[n];
+  if (n >= N) return;
+  losses[n] = (targets && targets[n] < 0) ? 0.0f : logf(sumexp[n]) + rowmax[n] - tlogit[n];
+}
+
+// The gradient row of an ignored target (< 0): zeros.
+__device__ __forceinline__ void zero_grad_row(bf16* drow, int64_t V) {
+  const float z[8] = {};
+  for (int64_t c = 8 * threadIdx.x; c < V; c += 8 * blockDim.x) store8(drow + c, from_float8(z));
 }
 
 // dlogits = dscale * (exp(l - m) / S - [v == target]); in place allowed.
@@ -78,6 +86,10 @@ __global__ void xent_backward_kernel(bf16* dlogits, const bf16* logits, const fl
                                      const float* sumexp, const int* targets, float dscale,
                                      int64_t V, int64_t vocab_start) {
   const int64_t r = blockIdx.x;
+  if (targets[r] < 0) {
+    zero_grad_row(dlogits + r * V, V);
+    return;
+  }
   write_grad_row(dlogits + r * V, logits + r * V, rowmax[r], 1.0f / sumexp[r],
                  int64_t(targets[r]) - vocab_start, dscale, V);
 }
@@ -86,6 +98,12 @@ __global__ void xent_fused_kernel(float* losses, bf16* logits, const int* target
                                   int64_t V) {
   __shared__ float sh[32];
   bf16* row = logits + int64_t(blockIdx.x) * V;
+  const int64_t t = targets[blockIdx.x];
+  if (t < 0) {  // ignored row (the whole block returns: no barrier is skipped by part of it)
+    if (threadIdx.x == 0) losses[blockIdx.x] = 0.0f;
+    zero_grad_row(row, V);
+    return;
+  }
   float m = -INFINITY, s = 0;
   for (int64_t c = 8 * threadIdx.x; c < V; c += 8 * blockDim.x) {
     float f[8], cm = -INFINITY;
@@ -100,7 +118,6 @@ __global__ void xent_fused_kernel(float* losses, bf16* logits, const int* target
   }
   const float M = block_reduce(m, sh, true);
   const float S = block_reduce(m == -INFINITY ? 0.0f : s * expf(m - M), sh, false);
-  const int64_t t = targets[blockIdx.x];
   const float tl = __bfloat162float(row[t]);
   __syncthreads();  // every thread has read row[t] before anyone overwrites it
   if (threadIdx.x == 0) losses[blockIdx.x] = logf(S) + M - tl;
@@ -128,8 +145,9 @@ void xent_sumexp(float* sumexp, float* tlogit, const bf16* logits, const float* 
 }
 
 void xent_loss(float* losses, const float* rowmax, const float* sumexp, const float* tlogit,
-               int64_t N, Ctx& ctx) {
-  loss_kernel<<<ceil_div(N, 256), 256, 0, ctx.stream>>>(losses, rowmax, sumexp, tlogit, N);
+               int64_t N, const int* targets, Ctx& ctx) {
+  loss_kernel<<<ceil_div(N, 256), 256, 0, ctx.stream>>>(losses, rowmax, sumexp, tlogit, targets,
+                                                        N);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,400 @@
+// cuda_train.cpp: the CUDA trainer and its run loop (contract in cuda_train.h).
+#include "runtime/cuda/cuda_train.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "comm/mpi_comm.h"
+#include "comm/nccl/nccl_comm.h"
+#include "comm/self_comm.h"
+#include "model/kernels/cuda/check.h"
+#include "runtime/checkpoint.h"
+#include "runtime/core/metrics.h"
+#include "runtime/cuda/cuda_device.h"
+#include "runtime/data.h"
+#include "runtime/grad_norm.h"
+#include "runtime/optimizer.h"
+#include "runtime/trace.h"
+#include "runtime/trainer.h"
+#include "scheduler/program.h"
+#include "scheduler/schedules.h"
+
+namespace stp {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int64_t kTraceSteps = 4;
+constexpr int kStats = 8;  // doubles per rank gathered per step
+
+class CudaTrainer {
+ public:
+  CudaTrainer(const Config& cfg, const Topology& topo, Communicator& host, NcclCommunicator& nccl)
+      : cfg_(cfg), topo_(topo), host_(host), nccl_(nccl) {}
+  std::string build();
+  std::string step(StepReport* r, bool* fatal);
+  std::string save_checkpoint();
+  std::string resume();
+  int64_t next_step() const { return next_step_; }
+  const ModelDesc& desc() const { return desc_; }
+  const UnitProgram& program() const { return prog_.ranks[size_t(topo_.me.pp)]; }
+  const ExecResult& last_exec() const { return last_exec_; }
+  double last_exec_start_s(Clock::time_point t0) const {
+    return std::chrono::duration<double>(exec_start_ - t0).count();
+  }
+
+ private:
+  int64_t loss_tokens() const {
+    return int64_t(cfg_.parallel.dp) * cfg_.schedule.microbatches * cfg_.schedule.micro_batch_size *
+           config_loss_tokens_per_sequence(cfg_);
+  }
+  std::string load_batches(int64_t step);
+  std::string sync_tied();
+  std::string wait(CommHandle h, const char* what) {
+    CommStatus st = h.wait(cfg_.train.timeout_s);
+    return st.ok() ? std::string() : std::string(what) + ": " + st.error;
+  }
+  std::string placement() const { return prog_.pipeline.placement == Placement::V ? "v" : "looped"; }
+
+  Config cfg_;
+  Topology topo_;
+  Communicator& host_;
+  NcclCommunicator& nccl_;
+  int chunks_ = 1;
+  ModelDesc desc_;
+  LoweredProgram prog_;
+  cuda::DeviceAllocator alloc_;
+  cuda::Stream stream_;
+  std::unique_ptr<cuda::Ctx> ctx_;
+  std::unique_ptr<cuda::CudaRankModel> model_;
+  std::unique_ptr<cuda::CudaStreamDevice> dev_;
+  std::unique_ptr<DeviceTensors> tensors_;
+  std::unique_ptr<StreamExecutor> exec_;
+  std::unique_ptr<GradNormPlan> norm_plan_;
+  std::unique_ptr<DataLoader> data_;
+  std::vector<std::vector<int32_t>> inputs_, targets_;
+  ExecResult last_exec_;
+  Clock::time_point exec_start_{};
+  int64_t next_step_ = 1;
+};
+
+std::string CudaTrainer::build() {
+  if (cfg_.model.vision.enabled) return "train.device=cuda does not run the vision tower yet";
+  if (!cfg_.train.init_from.empty()) return "train.init_from is not supported with train.device=cuda yet";
+  chunks_ = config_chunks(cfg_);
+  cfg_.parallel.chunks = chunks_;
+  ProgramResult pr = pipeline_from_config(cfg_);
+  if (!pr.ok()) return "schedule: " + pr.error;
+  desc_ = model_desc_build(cfg_, chunks_, config_stage_layers(cfg_));
+  LowerOptions lo;
+  lo.dp = cfg_.parallel.dp;
+  LowerResult lr = lower(std::move(*pr.program), desc_, lo);
+  if (!lr.ok()) return "schedule " + cfg_.schedule.name + ": " + lr.error;
+  prog_ = std::move(*lr.program);
+  ctx_ = std::make_unique<cuda::Ctx>(alloc_, stream_.get(), cfg_.train.deterministic);
+  model_ = std::make_unique<cuda::CudaRankModel>(cfg_, desc_, prog_.pipeline, topo_.me.pp, topo_.me.tp, *ctx_);
+  if (!model_->error().empty()) return model_->error();
+  exec_ = std::make_unique<StreamExecutor>(desc_, program(), nccl_.whoami());
+  if (!exec_->plan_error().empty()) return exec_->plan_error();
+  dev_ = std::make_unique<cuda::CudaStreamDevice>(desc_, program(), *model_, nccl_, *ctx_, cfg_.train.timeout_s);
+  tensors_ = std::make_unique<DeviceTensors>(desc_, *dev_);
+  norm_plan_ = std::make_unique<GradNormPlan>(desc_, topo_);
+  const size_t N = size_t(cfg_.schedule.micro_batch_size) * size_t(cfg_.model.seq_len);
+  inputs_.assign(size_t(cfg_.schedule.microbatches), std::vector<int32_t>(N, 0));
+  targets_.assign(size_t(cfg_.schedule.microbatches), std::vector<int32_t>(N, -1));
+  if (model_->holds_embedding() || model_->holds_last()) {
+    DataLoader::Result d = DataLoader::open(cfg_.data, data_shape_of(cfg_));
+    if (!d.loader) return d.error;
+    data_ = std::move(d.loader);
+  }
+  return {};
+}
+
+std::string CudaTrainer::load_batches(int64_t step) {
+  for (int m = 0; m < cfg_.schedule.microbatches; ++m) {
+    if (data_) {
+      std::string err = data_->load(step, topo_.me.dp, m, inputs_[size_t(m)].data(), targets_[size_t(m)].data());
+      if (!err.empty()) return "step " + std::to_string(step) + ": " + err;
+    }
+    model_->upload_batch(m, inputs_[size_t(m)], targets_[size_t(m)]);
+  }
+  return {};
+}
+
+// Replicas of a tied embedding: summed through the host on a rank holding both (rare: pp 1 with
+// chunks, V placement), by an NCCL all-reduce across the embedding group otherwise.
+std::string CudaTrainer::sync_tied() {
+  if (!cfg_.model.tie_embeddings || desc_.stages.size() < 2) return {};
+  std::vector<cuda::DevParam*> reps;
+  for (auto& p : model_->params())
+    if (p->desc->name == "embed.weight") reps.push_back(p.get());
+  if (reps.size() == 2) {
+    std::vector<float> a = model_->download(reps[0]->grad), b = model_->download(reps[1]->grad);
+    for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+    model_->upload(reps[0]->grad, a);
+    model_->upload(reps[1]->grad, a);
+    return {};
+  }
+  if (reps.size() != 1 || nccl_.size(GroupKind::Embed) < 2) return {};
+  return wait(nccl_.all_reduce(GroupKind::Embed, reps[0]->grad.data(), reps[0]->grad.data(), reps[0]->n,
+                               DType::F32, ReduceOp::Sum, StreamRef{ctx_->stream}),
+              "tied embedding gradient");
+}
+
+std::string CudaTrainer::step(StepReport* r, bool* fatal) {
+  const Clock::time_point t0 = Clock::now();
+  const int64_t s = next_step_;
+  const int M = cfg_.schedule.microbatches;
+  *fatal = true;
+  *r = StepReport{};
+  r->step = s;
+  r->tokens = int64_t(cfg_.parallel.dp) * M * cfg_.schedule.micro_batch_size * cfg_.model.seq_len;
+  alloc_.reset_peak();
+  std::string err = load_batches(s);
+  if (!err.empty()) return err;
+  model_->begin_step(float(1.0 / double(loss_tokens())));
+  exec_start_ = Clock::now();
+  const StreamExecResult res = exec_->run(*dev_, *tensors_);
+  if (!res.ok()) return "step " + std::to_string(s) + ": " + res.error;
+  last_exec_ = dev_->timings();
+  last_exec_.peak_act_bytes = res.stats.peak_act_bytes;
+  if (!(err = sync_tied()).empty()) return err;
+  // Gradient norm (global parameter order) and loss (micro-batch slots), on the host communicator.
+  const std::vector<double> sq = model_->grad_sq_norms();
+  std::vector<double> local(size_t(norm_plan_->vector_size()), 0.0);
+  for (size_t k = 0; k < sq.size(); ++k) {
+    const cuda::DevParam& p = *model_->params()[k];
+    if (norm_plan_->contributes(p.stage, p.index)) local[size_t(norm_plan_->index(p.stage, p.index))] = sq[k];
+  }
+  r->grad_norm = norm_plan_->reduce(host_, local, cfg_.train.timeout_s, &err);
+  std::vector<double> slots(size_t(cfg_.parallel.dp) * M, 0.0);
+  if (model_->holds_last() && topo_.me.tp == 0)
+    for (int m = 0; m < M; ++m) slots[size_t(topo_.me.dp) * M + m] = model_->loss_sum(m);
+  if (err.empty())
+    err = wait(host_.all_reduce(GroupKind::World, slots.data(), slots.data(), int64_t(slots.size()), DType::F64,
+                                ReduceOp::Sum),
+               "loss");
+  if (!err.empty()) return "step " + std::to_string(s) + ": " + err;
+  double sum = 0;
+  for (double x : slots) sum += x;
+  r->loss = sum / double(loss_tokens());
+  if (!std::isfinite(r->loss) || !std::isfinite(r->grad_norm)) {
+    *fatal = false;
+    return "step " + std::to_string(s) + ": the " + (std::isfinite(r->loss) ? "gradient norm" : "loss") +
+           " is not finite; stopping before the update, the last checkpoint is untouched";
+  }
+  const double clip = cfg_.train.grad_clip;
+  r->clip_scale = clip > 0 ? std::min(1.0, clip / (r->grad_norm + 1e-6)) : 1.0;
+  r->lr = lr_at(cfg_.train, s);
+  model_->adamw(cfg_.train, s, float(r->clip_scale));
+  CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));  // the step's time includes its update
+  const double mine[kStats] = {double(alloc_.peak_bytes()), double(res.stats.peak_act_bytes), 0.0,
+                               last_exec_.exposed_comm_s,    last_exec_.exposed_tp_s,
+                               last_exec_.exposed_pp_s,      last_exec_.exposed_dp_s, last_exec_.compute_s};
+  std::vector<double> all(size_t(kStats) * host_.world_size());
+  if (!(err = wait(host_.all_gather(GroupKind::World, mine, all.data(), kStats, DType::F64), "step statistics")).empty())
+    return err;
+  r->ranks.resize(size_t(host_.world_size()));
+  for (size_t k = 0; k < r->ranks.size(); ++k) {
+    const double* x = all.data() + k * kStats;
+    r->ranks[k] = RankStepStats{x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], 0.0};
+  }
+  r->step_time_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  next_step_ = s + 1;
+  return {};
+}
+
+std::string shard_key(int stage, const std::string& name) { return "s" + std::to_string(stage) + "." + name; }
+
+std::string CudaTrainer::save_checkpoint() {
+  const std::string& root = cfg_.output.checkpoint.dir;
+  const int64_t step = next_step_ - 1;
+  if (root.empty() || step < 1) return {};
+  const std::string dir = checkpoint_step_dir(root, step);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  std::string err = ec ? "cannot create '" + dir + "': " + ec.message() : std::string();
+  if (err.empty()) {
+    ShardMap shard;
+    for (auto& p : model_->params()) {
+      const std::string k = shard_key(p->stage, p->desc->name);
+      shard[k] = ShardTensor{p->local_shape, model_->download(p->master)};
+      shard[k + ".adam_m"] = ShardTensor{p->local_shape, model_->download(p->m)};
+      shard[k + ".adam_v"] = ShardTensor{p->local_shape, model_->download(p->v)};
+    }
+    err = checkpoint_write_shard((std::filesystem::path(dir) / checkpoint_shard_name(topo_.rank)).string(), shard);
+  }
+  int32_t bad = err.empty() ? 0 : 1;
+  const std::string vote = wait(host_.all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max), "vote");
+  if (!err.empty() || !vote.empty()) return "checkpoint step " + std::to_string(step) + ": " + err + vote;
+  if (bad) return "checkpoint step " + std::to_string(step) + ": another rank failed to write its shard";
+  if (topo_.rank != 0) return {};
+  const int64_t next_seq = step * int64_t(cfg_.parallel.dp) * cfg_.schedule.microbatches * cfg_.schedule.micro_batch_size;
+  return write_file_atomic(dir, "manifest.json",
+                           checkpoint_manifest(cfg_, chunks_, placement(), step, next_seq, topo_.world()).dump(2));
+}
+
+std::string CudaTrainer::resume() {
+  if (!cfg_.train.resume) return {};
+  const std::string& root = cfg_.output.checkpoint.dir;
+  if (root.empty()) return "train.resume is true but output.checkpoint.dir is empty";
+  int64_t latest = checkpoint_latest(root).value_or(-1);
+  std::string err = wait(host_.broadcast(GroupKind::World, &latest, 1, DType::I64, 0), "resume");
+  if (!err.empty() || latest < 0) return err;
+  ManifestResult man = checkpoint_read_manifest(root, latest, checkpoint_compat(cfg_, chunks_, placement()));
+  if (!man.error.empty()) return man.error;
+  const std::string path = (std::filesystem::path(checkpoint_step_dir(root, latest)) / checkpoint_shard_name(topo_.rank)).string();
+  ShardMap shard;
+  if (!(err = checkpoint_read_shard(path, &shard)).empty()) return err;
+  for (auto& p : model_->params()) {
+    const std::string k = shard_key(p->stage, p->desc->name);
+    cuda::DeviceBuffer<float>* dst[3] = {&p->master, &p->m, &p->v};
+    const char* suffix[3] = {"", ".adam_m", ".adam_v"};
+    for (int i = 0; i < 3; ++i) {
+      auto it = shard.find(k + suffix[i]);
+      if (it == shard.end()) return "checkpoint shard '" + path + "' lacks tensor " + k + suffix[i];
+      if (it->second.shape != p->local_shape) return "checkpoint shard '" + path + "': " + k + suffix[i] + " has another shape";
+      model_->upload(*dst[i], it->second.data);
+    }
+  }
+  model_->refresh_bf16();
+  next_step_ = latest + 1;
+  return {};
+}
+
+// ---- the run ---------------------------------------------------------------------------------------
+
+// The CPU trainer's metrics keys (train_main.cpp's step_json), from this trainer's report.
+nlohmann::json step_json(const StepReport& r, const Config& cfg, const ModelDesc& desc, int world) {
+  nlohmann::json mem = nlohmann::json::array(), act = nlohmann::json::array(), exp = nlohmann::json::array();
+  double peak = 0, e[4] = {0, 0, 0, 0};
+  for (const RankStepStats& x : r.ranks) {
+    mem.push_back(int64_t(x.peak_mem_bytes));
+    act.push_back(int64_t(x.act_peak_bytes));
+    exp.push_back(x.exposed_comm_s);
+    peak = std::max(peak, x.peak_mem_bytes);
+    e[0] += x.exposed_comm_s, e[1] += x.exposed_tp_s, e[2] += x.exposed_pp_s, e[3] += x.exposed_dp_s;
+  }
+  const double n = std::max<size_t>(1, r.ranks.size());
+  const double tps = double(r.tokens) / r.step_time_s;
+  const double tflops = 3.0 * desc.flops_per_token_fwd * tps / world / 1e12;
+  return {{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+          {"clip_scale", r.clip_scale}, {"tokens", r.tokens}, {"step_time_s", r.step_time_s},
+          {"tokens_per_s", tps}, {"tflops_per_gpu", tflops}, {"mfu", tflops / cfg.cluster.gpu.peak_tflops},
+          {"peak_mem_bytes", int64_t(peak)}, {"peak_mem_bytes_per_rank", mem}, {"act_peak_bytes_per_rank", act},
+          {"exposed_comm_s", e[0] / n}, {"exposed_comm_s_per_rank", exp}, {"exposed_tp_s", e[1] / n},
+          {"exposed_pp_s", e[2] / n}, {"exposed_dp_s", e[3] / n}, {"device", "cuda"}};
+}
+
+int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommunicator& nccl) {
+  const bool lead = host.world_rank() == 0;
+  MetricsWriter metrics;
+  if (lead && cfg.output.metrics) {
+    const std::string err = metrics.open(cfg.output.dir, tr.next_step() > 1);
+    if (!err.empty()) spdlog::warn("metrics: {}", err);
+  }
+  std::unique_ptr<ExecTrace> trace;
+  if (cfg.output.trace) trace = std::make_unique<ExecTrace>(host.world_rank(), nccl.whoami());
+  const Clock::time_point t0 = Clock::now();
+  double first = NAN, last = NAN, time_s = 0, tokens = 0;
+  int64_t peak = 0;
+  int code = 0, steps = 0;
+  std::string stopped;
+  while (tr.next_step() <= cfg.train.steps) {
+    StepReport r;
+    bool fatal = false;
+    const std::string err = tr.step(&r, &fatal);
+    if (!err.empty() && fatal) nccl.abort(err, 1);
+    if (!err.empty()) {
+      if (lead) spdlog::error("{}", err);
+      stopped = err;
+      code = 1;
+      break;
+    }
+    if (trace && r.step <= kTraceSteps)
+      trace->add_iteration(int(r.step), tr.last_exec_start_s(t0), tr.program(), tr.last_exec(), tr.desc());
+    const nlohmann::json j = step_json(r, cfg, tr.desc(), host.world_size());
+    if (lead) {
+      if (steps++ == 0) first = r.loss;
+      last = r.loss, time_s += r.step_time_s, tokens += double(r.tokens);
+      peak = std::max(peak, j["peak_mem_bytes"].get<int64_t>());
+      spdlog::info("step {}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.2f}% | "
+                   "peak mem {:.2f} MiB | exposed comm {:.2f} ms (cuda)",
+                   r.step, cfg.train.steps, r.loss, r.lr, r.grad_norm, j["tokens_per_s"].get<double>(),
+                   100.0 * j["mfu"].get<double>(), double(peak) / 1048576.0, 1e3 * j["exposed_comm_s"].get<double>());
+      if (metrics.is_open()) metrics.write(j);
+    }
+    const int every = cfg.output.checkpoint.every;
+    const bool final_step = r.step == cfg.train.steps;
+    if (!cfg.output.checkpoint.dir.empty() && ((every > 0 && r.step % every == 0) || final_step)) {
+      const std::string cerr = tr.save_checkpoint();
+      if (!cerr.empty()) nccl.abort(cerr, 1);
+    }
+  }
+  if (lead && metrics.is_open())
+    metrics.write({{"summary", true}, {"device", "cuda"}, {"schedule", cfg.schedule.name}, {"tp", cfg.parallel.tp},
+                   {"pp", cfg.parallel.pp}, {"dp", cfg.parallel.dp}, {"steps", steps}, {"first_loss", first},
+                   {"final_loss", last}, {"train_time_s", time_s},
+                   {"tokens_per_s", time_s > 0 ? tokens / time_s : 0.0}, {"peak_mem_bytes", peak},
+                   {"stopped", stopped.empty() ? nlohmann::json(nullptr) : nlohmann::json(stopped)}});
+  if (trace) {
+    const std::string err = trace->write(cfg.output.dir);
+    if (!err.empty()) spdlog::warn("trace: {}", err);
+  }
+  return code;
+}
+
+// Every rank learns whether every rank succeeded (over the host communicator).
+bool agree(Communicator& host, const std::string& my_error, double timeout_s) {
+  if (!my_error.empty()) spdlog::error("{}: {}", host.whoami(), my_error);
+  int32_t bad = my_error.empty() ? 0 : 1;
+  CommStatus st = host.all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max).wait(timeout_s);
+  return st.ok() && bad == 0;
+}
+
+}  // namespace
+
+int cuda_train_main(const Config& cfg, const LaunchEnv& env) {
+  if (auto e = config_validate_world(cfg, env.world)) {
+    spdlog::error("{}", e->to_string());
+    return 2;
+  }
+  const Topology topo = topology_build(cfg.parallel, env);
+  const bool v = pipeline_placement(cfg.schedule.name) == Placement::V;
+  std::unique_ptr<MpiSession> session;
+  std::unique_ptr<Communicator> host;
+  if (env.world > 1) {
+    MpiSession::Result s = MpiSession::start(nullptr, nullptr);
+    if (!s.session) {
+      spdlog::error("train.device=cuda with {} ranks needs an MPI launcher for the host reductions: {}", env.world,
+                    s.error);
+      return 2;
+    }
+    session = std::move(s.session);
+    CommCreateResult c = comm_create_mpi(*session, topo, v);
+    if (!c.comm) {
+      spdlog::error("communicator: {}", c.error);
+      return 2;
+    }
+    host = std::move(c.comm);
+  } else {
+    host = comm_create_self();
+  }
+  NcclCreateResult nc = comm_create_nccl(topo, v, env, nccl_options_of(cfg),
+                                         env.world > 1 ? nccl_id_broadcast_over(*host, cfg.train.timeout_s) : NcclIdBroadcast{});
+  if (!agree(*host, nc.comm ? std::string() : "NCCL: " + nc.error, cfg.train.timeout_s)) return 2;
+  if (topo.rank == 0) spdlog::info("{} | NCCL: {}", topo.to_string(), nc.comm->bootstrap());
+  try {
+    CudaTrainer tr(cfg, topo, *host, *nc.comm);
+    if (!agree(*host, tr.build(), cfg.train.timeout_s)) return 2;
+    if (!agree(*host, tr.resume(), cfg.train.timeout_s)) return 2;
+    return run_loop(tr, cfg, *host, *nc.comm);
+  } catch (const cuda::CudaError& e) {
+    nc.comm->abort(e.what(), 1);
+  }
+}
+
+}  // namespace stp

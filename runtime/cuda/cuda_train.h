@@ -1,0 +1,35 @@
+// cuda_train.h: `stp-train train` with train.device = cuda (issue 7): the CPU trainer's step
+// (runtime/trainer.h) on one GPU per rank.
+//
+// Set-up: a host communicator as on the CPU (MPI when the world has more than one rank, else the
+// single-rank one) for the step's small host reductions (loss, gradient norm, statistics,
+// checkpoint votes), and the NCCL communicators (comm_create_nccl; under MPI the unique id is
+// broadcast over it) for everything on the device, with nccl_options_of(cfg) (the `nccl` section,
+// watchdog on, op timeout = train.timeout_s).
+// One step s, as the CPU trainer's:
+//   1. data    micro-batches of step s read on the host (runtime/data.h), uploaded per micro-batch.
+//   2. run     the StreamExecutor replays this rank's unit program on the CudaStreamDevice,
+//              including the end-of-step TP/DP gradient all-reduces; one synchronisation at its end.
+//   3. tied    tied-embedding replicas summed (on this rank through the host; across ranks an NCCL
+//              all-reduce over the embedding group).
+//   4. norm    per-tensor squared norms in fp64 on the device, reduced in global parameter order
+//              (grad_norm.h); clip factor min(1, grad_clip / (norm + 1e-6)).
+//   5. check   a non-finite loss or norm stops before the update.
+//   6. update  AdamW on the fp32 masters, refreshing the bf16 copies (kernels.h adamw_update).
+//   7. report  metrics.jsonl with the CPU trainer's keys; peak memory = the DeviceAllocator's peak in
+//              the step (parameters, optimizer state, activations, workspaces); exposed
+//              communication from CUDA events (cuda_device.h); Chrome trace of the real streams.
+// Checkpoints: the CPU layout (runtime/checkpoint.h): fp32 masters and AdamW m, v copied to the
+// host, same tensor names, so a CPU run resumes a CUDA checkpoint and back.
+// Not yet: the vision tower, tp > 1 (bf16 collectives need a comm/ DType), train.init_from.
+#pragma once
+
+#include "runtime/core/config.h"
+#include "runtime/core/topology.h"
+
+namespace stp {
+
+// Returns the exit code as train_main does: 0 done, 1 runtime failure, 2 bad input.
+int cuda_train_main(const Config& cfg, const LaunchEnv& env);
+
+}  // namespace stp
