@@ -130,20 +130,19 @@ std::string CudaStreamDevice::comm_start(const Op& op, DeviceTensors& tensors) {
     return {};
   }
   const TensorDesc& td = desc_.stages[size_t(op.stage)].tensors[size_t(op.tensor)];
-  if (!cuda_tensor_fp32(td))
-    return "a TP collective on the bf16 tensor " + td.name +
-           " needs a bf16 DType in comm/communicator.h (not there yet): train.device=cuda runs tp = 1";
   if (op.elems > td.elems) return "collective larger than its tensor";
   void* buf = tensors.read(op.stage, op.mb, op.tensor);
   if (op.coll != CollKind::AllReduceSum && op.coll != CollKind::AllReduceMax)
     return std::string("collective ") + coll_kind_name(op.coll) + " is not supported by the CUDA executor";
   const ReduceOp r = op.coll == CollKind::AllReduceSum ? ReduceOp::Sum : ReduceOp::Max;
-  return keep(handles_, comm_.all_reduce(g, buf, buf, op.elems, DType::F32, r, {}));
+  const DType t = cuda_tensor_fp32(td) ? DType::F32 : DType::BF16;  // the tensor's own element type
+  return keep(handles_, comm_.all_reduce(g, buf, buf, op.elems, t, r, {}));
 }
 
 std::string CudaStreamDevice::p2p(const Op& op, DeviceTensors& tensors) {
+  if (op.stage < 0 || op.tensor < 0) return "send/recv without a tensor";
   const TensorDesc& td = desc_.stages[size_t(op.stage)].tensors[size_t(op.tensor)];
-  if (op.tensor < 0 || td.elems != op.elems) return "send/recv size does not match the tensor table";
+  if (td.elems != op.elems) return "send/recv size does not match the tensor table";
   void* buf = tensors.read(op.stage, op.mb, op.tensor);
   const int64_t bytes = cuda_tensor_bytes(td);
   CommHandle h = op.kind == OpKind::Send ? comm_.send(GroupKind::Pp, buf, bytes, DType::U8, op.peer, {})

@@ -10,14 +10,18 @@
 // stream, where the plan's wait already sits). No event besides the plan's orders two streams.
 // Events: one cudaEvent per plan event (timing disabled), re-recorded every step.
 //
-// Data types on the wire: fp32 tensors (statistics, gradients) travel as F32; a Send/Recv moves a
-// bf16 activation as its bytes (DType::U8, count = bytes: point-to-point copies bits exactly). A TP
-// collective on a bf16 tensor (tp > 1) is refused with an error until comm/ has a bf16 DType.
+// Data types on the wire: fp32 tensors (statistics, gradients) travel as F32 and a TP collective on
+// a bf16 activation (partials, input gradients) as BF16 (reduced by NCCL in bf16, as Megatron does);
+// a Send/Recv moves a tensor as its bytes (DType::U8, count = bytes: point-to-point copies bits).
 //
 // Memory: allocate/release keep one cache of released blocks per stream over the DeviceAllocator:
 // a block released on stream s is reused at once by allocations on s (stream order makes that
 // safe) and never by another stream within the step; end_step(), after the synchronisation,
-// returns every cached block to the allocator.
+// returns every cached block to the allocator. A cache miss takes a block from the DeviceAllocator,
+// whose free list may hold a workspace the compute stream released with its kernels still queued;
+// for a Recv (the only non-compute allocation) that is safe because lowering posts each Recv right
+// after this rank's previous Send, whose wait already orders the pp stream after every compute op
+// issued so far (tests/runtime/test_stream_executor.cpp checks it on every schedule).
 //
 // Metrics (timings(), after the step's synchronisation): each op's start and end from timing
 // events recorded around it on its stream; a CommWait has no work of its own: its span runs from

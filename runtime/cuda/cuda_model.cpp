@@ -160,7 +160,9 @@ struct CudaRankModel::Unit {
   void* out_raw(const char* field) {
     const int k = sd.find_tensor(field, unit);
     if (k < 0) return fail(std::string("no tensor '") + field + "' in the table"), nullptr;
-    return t.produce(sd.stage, mb, k);
+    void* p = t.produce(sd.stage, mb, k);  // nullptr: out of memory (no kernel may see it)
+    if (!p) fail("cannot allocate tensor '" + sd.tensors[size_t(k)].name + "' (out of device memory)");
+    return p;
   }
   void* in_raw(const char* field, int u, bool optional) {
     const int k = sd.find_tensor(field, u < 0 ? unit : u);

@@ -256,7 +256,8 @@ std::string CudaTrainer::resume() {
     for (int i = 0; i < 3; ++i) {
       auto it = shard.find(k + suffix[i]);
       if (it == shard.end()) return "checkpoint shard '" + path + "' lacks tensor " + k + suffix[i];
-      if (it->second.shape != p->local_shape) return "checkpoint shard '" + path + "': " + k + suffix[i] + " has another shape";
+      if (it->second.shape != p->local_shape || int64_t(it->second.data.size()) != p->n)
+        return "checkpoint shard '" + path + "': " + k + suffix[i] + " has another shape";
       model_->upload(*dst[i], it->second.data);
     }
   }
@@ -299,7 +300,7 @@ int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommuni
   std::unique_ptr<ExecTrace> trace;
   if (cfg.output.trace) trace = std::make_unique<ExecTrace>(host.world_rank(), nccl.whoami());
   const Clock::time_point t0 = Clock::now();
-  double first = NAN, last = NAN, time_s = 0, tokens = 0;
+  double first = NAN, last = NAN, time_s = 0, tokens = 0, tflops = 0, exposed = 0;
   int64_t peak = 0;
   int code = 0, steps = 0;
   std::string stopped;
@@ -320,6 +321,7 @@ int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommuni
     if (lead) {
       if (steps++ == 0) first = r.loss;
       last = r.loss, time_s += r.step_time_s, tokens += double(r.tokens);
+      tflops += j["tflops_per_gpu"].get<double>(), exposed += j["exposed_comm_s"].get<double>();
       peak = std::max(peak, j["peak_mem_bytes"].get<int64_t>());
       spdlog::info("step {}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.2f}% | "
                    "peak mem {:.2f} MiB | exposed comm {:.2f} ms (cuda)",
@@ -328,8 +330,9 @@ int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommuni
       if (metrics.is_open()) metrics.write(j);
     }
     const int every = cfg.output.checkpoint.every;
-    const bool final_step = r.step == cfg.train.steps;
-    if (!cfg.output.checkpoint.dir.empty() && ((every > 0 && r.step % every == 0) || final_step)) {
+    const bool final_step = r.step == cfg.train.steps;  // saved once, as train_main.cpp does
+    if (!cfg.output.checkpoint.dir.empty() &&
+        ((every > 0 && r.step % every == 0) || (final_step && (every <= 0 || r.step % every)))) {
       const std::string cerr = tr.save_checkpoint();
       if (!cerr.empty()) nccl.abort(cerr, 1);
     }
@@ -338,7 +341,10 @@ int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommuni
     metrics.write({{"summary", true}, {"device", "cuda"}, {"schedule", cfg.schedule.name}, {"tp", cfg.parallel.tp},
                    {"pp", cfg.parallel.pp}, {"dp", cfg.parallel.dp}, {"steps", steps}, {"first_loss", first},
                    {"final_loss", last}, {"train_time_s", time_s},
-                   {"tokens_per_s", time_s > 0 ? tokens / time_s : 0.0}, {"peak_mem_bytes", peak},
+                   {"tokens_per_s", time_s > 0 ? tokens / time_s : 0.0},
+                   {"tflops_per_gpu", tflops / std::max(1, steps)},
+                   {"mfu", tflops / std::max(1, steps) / cfg.cluster.gpu.peak_tflops}, {"peak_mem_bytes", peak},
+                   {"exposed_comm_s_per_step", exposed / std::max(1, steps)},
                    {"stopped", stopped.empty() ? nlohmann::json(nullptr) : nlohmann::json(stopped)}});
   if (trace) {
     const std::string err = trace->write(cfg.output.dir);

@@ -21,7 +21,8 @@
 //              communication from CUDA events (cuda_device.h); Chrome trace of the real streams.
 // Checkpoints: the CPU layout (runtime/checkpoint.h): fp32 masters and AdamW m, v copied to the
 // host, same tensor names, so a CPU run resumes a CUDA checkpoint and back.
-// Not yet: the vision tower, tp > 1 (bf16 collectives need a comm/ DType), train.init_from.
+// Not yet: the vision tower, train.init_from, the SIGTERM checkpoint. tp > 1 reduces bf16 activations
+// with BF16 NCCL collectives (cuda_device.h); like pp > 1 it has not yet run on GPUs.
 #pragma once
 
 #include "runtime/core/config.h"

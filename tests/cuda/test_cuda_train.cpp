@@ -1,18 +1,24 @@
 // test_cuda_train.cpp: train.device = cuda end to end (runtime/cuda/cuda_train.h) against the CPU
-// trainer: the tiny GPT of configs/models/tiny-gpt.yaml at tp = pp = dp = 1 (1F1B, 2 micro-batches of
-// 2 x 64 tokens, synthetic data, seed 1234), 20 steps through NCCL with one rank (comm_create_nccl
-// with no launcher: a local unique id), and the same config on the CPU (fp32).
+// trainer, 20 steps through NCCL with one rank (comm_create_nccl with no launcher: a local unique
+// id) and the same config on the CPU (fp32), synthetic data, seed 1234. Two models at tp = pp = dp = 1
+// (one GPU), 2 micro-batches of 2 x 64 tokens:
+// - the tiny GPT of configs/models/tiny-gpt.yaml (LayerNorm, GELU, learned positions, biases) on
+//   1F1B: one stage, the plain unit passes;
+// - its llama-style twin (RMSNorm, SwiGLU, RoPE, no biases, tied embeddings) on ZB-V: two virtual
+//   stages on the one rank, so the V-turn hand-over copies, deferred W passes and the tied
+//   embedding's two replicas summed on the rank (CudaTrainer::sync_tied) all run.
 //
 // Bounds, and why:
 // - Step 1 runs the same weights (the CUDA parameters are copies of the CPU initialisation) on the
 //   same tokens; only the forward differs, by bf16 rounding of every activation (8 significant bits,
-//   relative rounding <= 2^-9). Logits of this model are O(1), so each row's log-sum-exp and target
+//   relative rounding <= 2^-9). Logits of these models are O(1), so each row's log-sum-exp and target
 //   logit move by ~1e-2 at most and the mean loss by less: |loss_cuda - loss_cpu| <= 0.02. A wrong
 //   forward (a missing bias, residual, norm or position term) moves it by tenths.
 // - Later steps: AdamW turns small gradient differences into weight differences of up to lr per
 //   element per step, so the two runs drift apart slowly; the bound is 2% of the CPU loss (about
-//   0.1 nats), an order of magnitude under the 1.1-nat decrease the CPU run shows over these 20 steps
-//   (5.58 -> 4.47), so a wrong gradient, which bends the trajectory by tenths of a nat, fails it.
+//   0.1 nats), an order of magnitude under the decrease the CPU runs show over these 20 steps
+//   (GPT 5.58 -> 4.47, llama-style 5.59 -> 4.21), so a wrong gradient, which bends the
+//   trajectory by tenths of a nat, fails it.
 // - The CUDA loss decreases by at least 0.5 over the run.
 // Without a GPU the test prints "SKIPPED: no CUDA device" and asserts nothing.
 #include <catch2/catch.hpp>
@@ -65,22 +71,18 @@ std::vector<double> read_losses(const std::string& path) {
   return out;
 }
 
-}  // namespace
-
-TEST_CASE("cuda train: tp=pp=dp=1 through NCCL tracks the CPU trainer's loss", "[cuda][train]") {
-  STP_REQUIRE_GPU();
-  Config cfg = tiny_gpt_1x1x1();
-  // CPU reference.
+// Trains `cfg` on the CPU and on the GPU and checks the bounds of the header comment.
+void check_tracks_cpu(Config cfg, const std::string& name) {
   const LaunchEnv env;
   const Topology topo = topology_build(cfg.parallel, env);
   std::unique_ptr<Communicator> self = comm_create_self();
   Trainer::Result tr = Trainer::create(cfg, topo, *self);
-  INFO(tr.error);
+  INFO(name << ": " << tr.error);
   REQUIRE(tr.trainer);
   std::vector<double> cpu;
   for (const StepReport& r : stp_test::run_steps(*tr.trainer, cfg.train.steps)) cpu.push_back(r.loss);
   // CUDA run: metrics.jsonl in a scratch directory.
-  const std::string dir = (std::filesystem::temp_directory_path() / "stp_test_cuda_train").string();
+  const std::string dir = (std::filesystem::temp_directory_path() / ("stp_test_cuda_train_" + name)).string();
   std::filesystem::remove_all(dir);
   cfg.train.device = "cuda";
   cfg.output.dir = dir;
@@ -88,9 +90,30 @@ TEST_CASE("cuda train: tp=pp=dp=1 through NCCL tracks the CPU trainer's loss", "
   const std::vector<double> gpu = read_losses(dir + "/metrics.jsonl");
   REQUIRE(gpu.size() == cpu.size());
   for (size_t s = 0; s < cpu.size(); ++s) {
-    std::printf("# step %2zu  loss cpu %.5f  cuda %.5f  diff %+.5f\n", s + 1, cpu[s], gpu[s], gpu[s] - cpu[s]);
+    std::printf("# %s step %2zu  loss cpu %.5f  cuda %.5f  diff %+.5f\n", name.c_str(), s + 1, cpu[s], gpu[s],
+                gpu[s] - cpu[s]);
     INFO("step " << s + 1);
     CHECK(std::abs(gpu[s] - cpu[s]) <= (s == 0 ? 0.02 : 0.02 * cpu[s]));
   }
   CHECK(gpu.back() < gpu.front() - 0.5);
+}
+
+}  // namespace
+
+TEST_CASE("cuda train: tp=pp=dp=1 through NCCL tracks the CPU trainer's loss", "[cuda][train]") {
+  STP_REQUIRE_GPU();
+  check_tracks_cpu(tiny_gpt_1x1x1(), "gpt");
+}
+
+TEST_CASE("cuda train: a llama-style model on ZB-V (two stages on one rank, tied) tracks the CPU", "[cuda][train]") {
+  STP_REQUIRE_GPU();
+  Config cfg = tiny_gpt_1x1x1();
+  cfg.model.norm = "rmsnorm";
+  cfg.model.activation = "swiglu";
+  cfg.model.position = "rope";
+  cfg.model.qkv_bias = false;
+  cfg.model.bias = false;
+  cfg.model.tie_embeddings = true;
+  cfg.schedule.name = "zb-v";
+  check_tracks_cpu(cfg, "llama_zbv");
 }

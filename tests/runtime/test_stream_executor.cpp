@@ -12,9 +12,12 @@
 //   hand-written slice with a compute-stream free of a tensor a send still reads covers this;
 // - a unit reading a tensor that was already released (the fake checks every read of every op
 //   through the tensor table: TensorAccess), or a block reused across streams within the step;
-// - a synchronisation anywhere but as the last device call of the step; memory not returned.
+// - a synchronisation anywhere but as the last device call of the step; memory not returned;
+// - on any generated schedule, a Recv whose pp stream is not ordered after every compute-stream op
+//   issued before it (the CUDA device's shared allocator relies on it: cuda_device.h, Memory).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -318,4 +321,42 @@ TEST_CASE("stream executor: a device error names the rank and the op", "[stream_
   INFO(res.error);
   CHECK(res.error.rfind("rank 1, op ", 0) == 0);
   CHECK(res.error.find("out of device memory") != std::string::npos);
+}
+
+// The CUDA device (cuda_device.h, Memory) lets a Recv take a block from the shared caching
+// allocator, whose free list may hold a workspace the compute stream released while its kernels
+// are still queued. That is safe only because the pp stream is already ordered after every
+// compute-stream op issued before the Recv: lowering posts a Recv right after this rank's previous
+// Send (which waited on the compute stream's last op) or at the start of the program. This checks
+// that property on every generated schedule: the last compute-stream op before each Recv is
+// covered by the compute event some earlier pp op waited on.
+TEST_CASE("stream executor: every Recv is ordered after all compute work issued before it", "[stream_exec]") {
+  for (const std::string& name : pipeline_schedule_names()) {
+    if (name == "csv") continue;
+    for (int pp : {2, 3, 4}) {
+      const Config cfg = stp_test::tiny_config(2, pp, 2, name, stp_test::common_microbatches(pp));
+      const stp_test::Built b = stp_test::build_program(cfg);
+      if (!b.error.empty()) continue;  // a schedule that does not take this pp
+      for (const UnitProgram& prog : b.prog.ranks) {
+        StreamExecutor ex(b.desc, prog, "rank " + std::to_string(prog.rank));
+        REQUIRE(ex.plan_error().empty());
+        const StreamPlan& plan = ex.plan();
+        int last_compute = -1, covered = -1, recvs = 0;
+        for (int i = 0; i < int(prog.ops.size()); ++i) {
+          const Op& op = prog.ops[size_t(i)];
+          if (op.kind == OpKind::Compute || op.kind == OpKind::CommWait) last_compute = i;
+          if (plan.stream[size_t(i)] != ExecStream::Pp) continue;
+          const int e = plan.wait[size_t(i)];
+          if (e >= 0 && plan.events[size_t(e)].stream == ExecStream::Compute)
+            covered = std::max(covered, plan.events[size_t(e)].after_op);
+          if (op.kind != OpKind::Recv) continue;
+          ++recvs;
+          INFO(name << " pp " << pp << " rank " << prog.rank << " op " << i << ": last compute op " << last_compute
+                    << ", pp stream ordered after op " << covered);
+          CHECK(last_compute <= covered);
+        }
+        CHECK(recvs > 0);
+      }
+    }
+  }
 }
