@@ -1,7 +1,9 @@
 // checkpoint.cpp: checkpoint directories and the manifest (contract in checkpoint.h).
 #include "runtime/checkpoint.h"
 
+#include "comm/communicator.h"
 #include "model/safetensors.h"
+#include "runtime/core/metrics.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -147,6 +149,56 @@ std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors) {
     if (!err.empty()) return err;
     (*tensors)[kv.first] = std::move(t);
   }
+  return {};
+}
+
+std::string checkpoint_shard_key(int stage, const std::string& name) {
+  return "s" + std::to_string(stage) + "." + name;
+}
+
+std::string checkpoint_save(const CheckpointSite& site, const std::string& root, int64_t step,
+                            const ShardMap& shard) {
+  const Config& cfg = *site.cfg;
+  const std::string dir = checkpoint_step_dir(root, step);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  std::string err = ec ? "cannot create '" + dir + "': " + ec.message() : std::string();
+  if (err.empty()) err = checkpoint_write_shard((std::filesystem::path(dir) / checkpoint_shard_name(site.rank)).string(), shard);
+  // The vote: rank 0 writes the manifest only when every shard is on disk.
+  int32_t bad = err.empty() ? 0 : 1;
+  const CommStatus st =
+      site.comm->all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max).wait(cfg.train.timeout_s);
+  const std::string where = "checkpoint step " + std::to_string(step) + ": ";
+  if (!err.empty()) return where + err;
+  if (!st.ok()) return where + st.error;
+  if (bad) return where + "another rank failed to write its shard";
+  if (site.rank != 0) return {};
+  const int64_t next_seq = step * int64_t(cfg.parallel.dp) * cfg.schedule.microbatches * cfg.schedule.micro_batch_size;
+  const nlohmann::json man = checkpoint_manifest(cfg, site.chunks, site.placement, step, next_seq, site.world);
+  return write_file_atomic(dir, "manifest.json", man.dump(2));
+}
+
+std::string checkpoint_load(const CheckpointSite& site, int64_t* step, ShardMap* shard, std::string* path) {
+  const Config& cfg = *site.cfg;
+  const std::string& root = cfg.output.checkpoint.dir;
+  if (root.empty()) return "train.resume is true but output.checkpoint.dir is empty";
+  *step = checkpoint_latest(root).value_or(-1);
+  const CommStatus st = site.comm->broadcast(GroupKind::World, step, 1, DType::I64, 0).wait(cfg.train.timeout_s);
+  if (!st.ok()) return "resume: " + st.error;
+  if (*step < 0) return {};  // nothing to resume: start at step 1
+  ManifestResult man = checkpoint_read_manifest(root, *step, checkpoint_compat(cfg, site.chunks, site.placement));
+  if (!man.error.empty()) return man.error;
+  *path = (std::filesystem::path(checkpoint_step_dir(root, *step)) / checkpoint_shard_name(site.rank)).string();
+  return checkpoint_read_shard(*path, shard);
+}
+
+std::string checkpoint_take(ShardMap& shard, const std::string& path, const std::string& key,
+                            const std::vector<int64_t>& shape, std::vector<float>* out) {
+  auto it = shard.find(key);
+  if (it == shard.end()) return "checkpoint shard '" + path + "' lacks tensor " + key;
+  if (it->second.shape != shape || it->second.data.size() != out->size())
+    return "checkpoint shard '" + path + "': tensor " + key + " has another shape than this run's";
+  *out = std::move(it->second.data);
   return {};
 }
 

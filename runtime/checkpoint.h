@@ -28,6 +28,8 @@
 
 namespace stp {
 
+class Communicator;
+
 std::string checkpoint_step_dir(const std::string& root, int64_t step);  // root/step_00000012
 std::string checkpoint_shard_name(int global_rank);                       // rank_00003.safetensors
 
@@ -59,5 +61,30 @@ using ShardMap = std::map<std::string, ShardTensor>;
 std::string checkpoint_write_shard(const std::string& path, const ShardMap& tensors);
 // Reads every tensor; errors name the file and what is malformed.
 std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors);
+
+// A parameter's key in a shard: "s<stage>.<param name>" (AdamW's moments add .adam_m / .adam_v).
+std::string checkpoint_shard_key(int stage, const std::string& name);
+
+// Where a run saves and resumes (every trainer: the CPU one and the CUDA one).
+struct CheckpointSite {
+  const Config* cfg = nullptr;
+  int chunks = 1;
+  std::string placement;      // "v" | "looped"
+  int rank = 0, world = 1;    // global
+  Communicator* comm = nullptr;  // a host communicator over the world
+};
+
+// Collective: writes this rank's shard of step `step` under root, votes over the world, and rank 0
+// then writes the manifest (the step is complete from there on). Errors name the step.
+std::string checkpoint_save(const CheckpointSite& site, const std::string& root, int64_t step,
+                            const ShardMap& shard);
+// Collective: the latest complete checkpoint under output.checkpoint.dir (rank 0's view decides),
+// checked against this run's compat object, and this rank's shard of it. *step = -1 when there is
+// none. *path is the shard file, for messages.
+std::string checkpoint_load(const CheckpointSite& site, int64_t* step, ShardMap* shard, std::string* path);
+// Shard tensor `key` moved into *out, which must already have `out->size()` elements of `shape`;
+// errors name the file and the tensor.
+std::string checkpoint_take(ShardMap& shard, const std::string& path, const std::string& key,
+                            const std::vector<int64_t>& shape, std::vector<float>* out);
 
 }  // namespace stp

@@ -60,15 +60,6 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-GroupKind group_of(CommGroup g) {
-  switch (g) {
-    case CommGroup::TP: return GroupKind::Tp;
-    case CommGroup::PP: return GroupKind::Pp;
-    case CommGroup::DP: return GroupKind::Dp;
-    case CommGroup::None: break;
-  }
-  return GroupKind::World;
-}
 
 }  // namespace
 
@@ -188,13 +179,13 @@ std::string Executor::do_comm_start(const Op& op, int i, ExecBackend& backend, T
       }
     last_grad_tag_ = op.tag;
     for (const FloatSpan& s : backend.grad_sync_spans(op.group))
-      p.handles.push_back(comm_.all_reduce(group_of(op.group), s.data, s.data, s.n, DType::F32,
+      p.handles.push_back(comm_.all_reduce(comm_group_of(op.group), s.data, s.data, s.n, DType::F32,
                                            ReduceOp::Sum));
     return {};
   }
   if (op.elems > store.elems(op.stage, op.tensor)) return "collective larger than its tensor";
   float* buf = store.get(op.stage, op.mb, op.tensor);
-  const GroupKind g = group_of(op.group);
+  const GroupKind g = comm_group_of(op.group);
   switch (op.coll) {
     case CollKind::AllReduceSum:
       p.handles.push_back(comm_.all_reduce(g, buf, buf, op.elems, DType::F32, ReduceOp::Sum));
@@ -260,6 +251,16 @@ void Executor::reap_sends(TensorStore& store, bool block, std::string* err) {
     if (s.freed) store.drop_buffer(s.stage, s.mb, s.tensor);
   }
   sends_.resize(w);
+}
+
+GroupKind comm_group_of(CommGroup g) {
+  switch (g) {
+    case CommGroup::TP: return GroupKind::Tp;
+    case CommGroup::PP: return GroupKind::Pp;
+    case CommGroup::DP: return GroupKind::Dp;
+    case CommGroup::None: break;
+  }
+  return GroupKind::World;
 }
 
 }  // namespace stp

@@ -79,6 +79,9 @@ class TensorStore final : public TensorSource<float> {
   int64_t live_bytes_ = 0, peak_bytes_ = 0;
 };
 
+// The communicator group of a unit program's comm op (None: the world).
+GroupKind comm_group_of(CommGroup g);
+
 // What the executor needs from the model.
 class ExecBackend {
  public:

@@ -16,9 +16,6 @@ namespace stp {
 
 namespace {
 
-// The tensor name a shard uses for a parameter (checkpoint.h layout; Trainer::save_checkpoint).
-std::string shard_key(int stage, const std::string& name) { return "s" + std::to_string(stage) + "." + name; }
-
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
@@ -55,7 +52,7 @@ std::string shard_param(ShardCache& cache, int rank, int stage, const ParamDesc&
   const ShardMap* m = nullptr;
   std::string err = cache.get(rank, &m);
   if (!err.empty()) return err;
-  const std::string key = shard_key(stage, d.name);
+  const std::string key = checkpoint_shard_key(stage, d.name);
   auto it = m->find(key);
   if (it == m->end()) return "checkpoint shard '" + cache.path(rank) + "' lacks tensor " + key;
   p->desc = d;
@@ -80,7 +77,7 @@ std::string checkpoint_full_state(const Config& cfg_in, const std::string& root,
   const ProgramResult prog = pipeline_from_config(cfg);  // its placement (also for csv schedules)
   if (!prog.ok()) return prog.error;
   const Placement pl = prog.program->placement;
-  const nlohmann::json compat = checkpoint_compat(cfg, chunks, pl == Placement::V ? "v" : "looped");
+  const nlohmann::json compat = checkpoint_compat(cfg, chunks, placement_name(pl));
   ManifestResult man = checkpoint_read_manifest(root, *latest, compat);
   if (!man.error.empty()) return man.error;
 

@@ -9,9 +9,8 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "comm/mpi_comm.h"
-#include "comm/self_comm.h"
 #include "runtime/core/metrics.h"
+#include "runtime/run_report.h"
 #include "runtime/signals.h"
 #include "runtime/trace.h"
 #include "runtime/trainer.h"
@@ -41,86 +40,6 @@ bool agree(Communicator& comm, const std::string& my_error, double timeout_s) {
   CommStatus st = h.wait(timeout_s);
   if (!st.ok()) abort_job(comm, "set-up: " + st.error, timeout_s);
   return bad == 0;
-}
-
-double mean_of(const std::vector<RankStepStats>& r, double RankStepStats::*f) {
-  double s = 0;
-  for (const RankStepStats& x : r) s += x.*f;
-  return r.empty() ? 0 : s / double(r.size());
-}
-
-nlohmann::json step_json(const StepReport& r, const Config& cfg, const ModelDesc& desc, int world) {
-  nlohmann::json per_rank_mem = nlohmann::json::array(), per_rank_act = nlohmann::json::array(),
-                 per_rank_exp = nlohmann::json::array();
-  double peak = 0;
-  for (const RankStepStats& x : r.ranks) {
-    per_rank_mem.push_back(int64_t(x.peak_mem_bytes));
-    per_rank_act.push_back(int64_t(x.act_peak_bytes));
-    per_rank_exp.push_back(x.exposed_comm_s);
-    peak = std::max(peak, x.peak_mem_bytes);
-  }
-  const double tps = double(r.tokens) / r.step_time_s;
-  const double tflops = 3.0 * desc.flops_per_token_fwd * tps / world / 1e12;
-  return {{"step", r.step},
-          {"loss", r.loss},
-          {"lr", r.lr},
-          {"grad_norm", r.grad_norm},
-          {"clip_scale", r.clip_scale},
-          {"tokens", r.tokens},
-          {"step_time_s", r.step_time_s},
-          {"tokens_per_s", tps},
-          {"tflops_per_gpu", tflops},
-          {"mfu", tflops / cfg.cluster.gpu.peak_tflops},
-          {"peak_mem_bytes", int64_t(peak)},
-          {"peak_mem_bytes_per_rank", per_rank_mem},
-          {"act_peak_bytes_per_rank", per_rank_act},
-          {"exposed_comm_s", mean_of(r.ranks, &RankStepStats::exposed_comm_s)},
-          {"exposed_comm_s_per_rank", per_rank_exp},
-          {"exposed_tp_s", mean_of(r.ranks, &RankStepStats::exposed_tp_s)},
-          {"exposed_pp_s", mean_of(r.ranks, &RankStepStats::exposed_pp_s)},
-          {"exposed_dp_s", mean_of(r.ranks, &RankStepStats::exposed_dp_s)}};
-}
-
-void log_step(const nlohmann::json& j, int steps) {
-  spdlog::info("step {}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | {:.4f} TFLOPS/GPU | "
-               "MFU {:.2f}% | peak mem {:.2f} MiB | exposed comm {:.2f} ms",
-               j["step"].get<int64_t>(), steps, j["loss"].get<double>(), j["lr"].get<double>(),
-               j["grad_norm"].get<double>(), j["tokens_per_s"].get<double>(),
-               j["tflops_per_gpu"].get<double>(), 100.0 * j["mfu"].get<double>(),
-               j["peak_mem_bytes"].get<double>() / 1048576.0, 1e3 * j["exposed_comm_s"].get<double>());
-}
-
-// What rank 0 accumulates for the summary object.
-struct RunTotals {
-  int steps = 0;
-  double first_loss = NAN, last_loss = NAN, time_s = 0, tokens = 0, exposed_s = 0, tflops = 0;
-  int64_t peak_mem = 0;
-  void add(const nlohmann::json& j) {
-    if (steps++ == 0) first_loss = j["loss"];
-    last_loss = j["loss"];
-    time_s += j["step_time_s"].get<double>();
-    tokens += j["tokens"].get<double>();
-    exposed_s += j["exposed_comm_s"].get<double>();
-    tflops += j["tflops_per_gpu"].get<double>();
-    peak_mem = std::max(peak_mem, j["peak_mem_bytes"].get<int64_t>());
-  }
-};
-
-nlohmann::json summary_json(const RunTotals& t, const Config& cfg, const std::string& stopped) {
-  const double n = std::max(1, t.steps);
-  return {{"summary", true},
-          {"schedule", cfg.schedule.name},
-          {"tp", cfg.parallel.tp}, {"pp", cfg.parallel.pp}, {"dp", cfg.parallel.dp},
-          {"steps", t.steps},
-          {"first_loss", t.first_loss},
-          {"final_loss", t.last_loss},
-          {"train_time_s", t.time_s},
-          {"tokens_per_s", t.time_s > 0 ? t.tokens / t.time_s : 0.0},
-          {"tflops_per_gpu", t.tflops / n},
-          {"mfu", t.tflops / n / cfg.cluster.gpu.peak_tflops},
-          {"peak_mem_bytes", t.peak_mem},
-          {"exposed_comm_s_per_step", t.exposed_s / n},
-          {"stopped", stopped.empty() ? nlohmann::json(nullptr) : nlohmann::json(stopped)}};
 }
 
 // The stop after SIGTERM at a step boundary (every rank, together): the checkpoint of the last
@@ -193,9 +112,7 @@ static int train_loop(Trainer& tr, const Config& cfg, Communicator& comm) {
       log_step(j, cfg.train.steps);
       if (metrics.is_open()) metrics.write(j);
     }
-    const int every = cfg.output.checkpoint.every;
-    const bool last = r.step == cfg.train.steps;
-    if (!cfg.output.checkpoint.dir.empty() && ((every > 0 && r.step % every == 0) || (last && (every <= 0 || r.step % every)))) {
+    if (checkpoint_due(cfg, r.step)) {
       err = tr.save_checkpoint();
       if (!err.empty()) abort_job(comm, err, cfg.train.timeout_s);
       saved_step = r.step;
@@ -244,24 +161,12 @@ int train_main(const Config& cfg, const LaunchEnv& env) {
   }
   const Topology topo = topology_build(cfg.parallel, env);
   const bool v = pipeline_placement(cfg.schedule.name) == Placement::V;
-  std::unique_ptr<MpiSession> session;  // declared before the communicator: finalised after it
-  std::unique_ptr<Communicator> comm;
-  if (env.world > 1) {
-    MpiSession::Result s = MpiSession::start(nullptr, nullptr);
-    if (!s.session) {
-      spdlog::error("{}", s.error);
-      return 2;
-    }
-    session = std::move(s.session);
-    CommCreateResult c = comm_create_mpi(*session, topo, v);
-    if (!c.comm) {
-      spdlog::error("communicator: {}", c.error);
-      return 2;
-    }
-    comm = std::move(c.comm);
-  } else {
-    comm = comm_create_self();
+  WorldComm world;
+  if (const std::string err = world_comm_open(topo, env, v, &world); !err.empty()) {
+    spdlog::error("{}", err);
+    return 2;
   }
+  Communicator* comm = world.comm.get();
   if (cfg.train.checkpoint_on_sigterm) {
     const std::string err = sigterm_install();  // after MPI_Init, so that nothing replaces it
     if (!err.empty()) spdlog::warn("{}: {}; SIGTERM ends the process without a checkpoint", comm->whoami(), err);

@@ -33,8 +33,8 @@ constexpr int kStats = 9;  // doubles per rank in RankStepStats
 
 Trainer::~Trainer() = default;
 
-std::string Trainer::placement_name() const {
-  return prog_.pipeline.placement == Placement::V ? "v" : "looped";
+CheckpointSite Trainer::checkpoint_site() {
+  return CheckpointSite{&cfg_, chunks_, placement_name(prog_.pipeline.placement), topo_.rank, topo_.world(), &comm_};
 }
 
 Trainer::Result Trainer::create(const Config& cfg, const Topology& topo, Communicator& comm) {
@@ -44,20 +44,24 @@ Trainer::Result Trainer::create(const Config& cfg, const Topology& topo, Communi
   return {std::move(t), ""};
 }
 
-std::string Trainer::build() {
-  const std::string& name = cfg_.schedule.name;
-  chunks_ = config_chunks(cfg_);
-  cfg_.parallel.chunks = chunks_;
+std::string build_run_program(Config& cfg, int* chunks, ModelDesc* desc, LoweredProgram* prog) {
+  *chunks = config_chunks(cfg);
+  cfg.parallel.chunks = *chunks;
   // The same program the simulator and `stp-train schedule` see: generated, or imported from
   // schedule.file (csv), validated either way.
-  ProgramResult pr = pipeline_from_config(cfg_);
+  ProgramResult pr = pipeline_from_config(cfg);
   if (!pr.ok()) return "schedule: " + pr.error;
-  desc_ = model_desc_build(cfg_, chunks_, config_stage_layers(cfg_));
+  *desc = model_desc_build(cfg, *chunks, config_stage_layers(cfg));
   LowerOptions lo;
-  lo.dp = cfg_.parallel.dp;
-  LowerResult lr = lower(std::move(*pr.program), desc_, lo);
-  if (!lr.ok()) return "schedule " + name + ": " + lr.error;
-  prog_ = std::move(*lr.program);
+  lo.dp = cfg.parallel.dp;
+  LowerResult lr = lower(std::move(*pr.program), *desc, lo);
+  if (!lr.ok()) return "schedule " + cfg.schedule.name + ": " + lr.error;
+  *prog = std::move(*lr.program);
+  return {};
+}
+
+std::string Trainer::build() {
+  if (std::string err = build_run_program(cfg_, &chunks_, &desc_, &prog_); !err.empty()) return err;
   model_ = std::make_unique<RankModel>(cfg_, desc_, prog_.pipeline, topo_.me.pp, topo_.me.tp);
   // --- initial parameters: train.init_from (runtime/init_from.h); a later resume() wins ---
   if (!cfg_.train.init_from.empty()) {

@@ -30,6 +30,7 @@
 
 #include "comm/communicator.h"
 #include "model/params.h"
+#include "runtime/checkpoint.h"
 #include "runtime/core/config.h"
 #include "runtime/core/topology.h"
 #include "runtime/data.h"
@@ -39,6 +40,11 @@
 #include "scheduler/lower.h"
 
 namespace stp {
+
+// A run's program, as every trainer builds it: chunks per rank (also written to
+// cfg.parallel.chunks), the model description and this run's lowered unit programs of the
+// pipeline program pipeline_from_config gives. "" or the error.
+std::string build_run_program(Config& cfg, int* chunks, ModelDesc* desc, LoweredProgram* prog);
 
 // Per-rank numbers of one step, gathered to every rank (index = global rank).
 struct RankStepStats {
@@ -88,7 +94,7 @@ class Trainer {
   std::chrono::steady_clock::time_point last_exec_start() const { return last_exec_start_; }
   const Topology& topology() const { return topo_; }
   int chunks() const { return chunks_; }
-  std::string placement_name() const;
+  CheckpointSite checkpoint_site();
 
  private:
   Trainer(const Config& cfg, const Topology& topo, Communicator& comm) : cfg_(cfg), topo_(topo), comm_(comm) {}

@@ -61,6 +61,8 @@ inline int stage_rank(Placement pl, int pp, int stage) {
   if (pl == Placement::V) return stage < pp ? stage : 2 * pp - 1 - stage;
   return stage % pp;
 }
+// "v" | "looped": the placement's name in checkpoints, schedules and messages.
+inline const char* placement_name(Placement pl) { return pl == Placement::V ? "v" : "looped"; }
 // Chunk (0-based, per rank) of virtual stage `stage`.
 inline int stage_chunk(int pp, int stage) { return stage / pp; }
 

@@ -260,7 +260,7 @@ std::string pipeline_to_text(const PipelineProgram& prog) {
   std::ostringstream os;
   os << "# " << prog.schedule << ": pp=" << prog.pp << " chunks=" << prog.chunks
      << " microbatches=" << prog.microbatches
-     << " placement=" << (prog.placement == Placement::V ? "v" : "looped")
+     << " placement=" << placement_name(prog.placement)
      << " (F forward, B input-grad with W deferred, W deferred weight-grad, BW full backward; stage.mb)\n";
   for (size_t r = 0; r < prog.ranks.size(); ++r) {
     os << "rank " << r << ":";

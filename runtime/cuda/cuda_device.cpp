@@ -4,20 +4,12 @@
 #include <map>
 
 #include "model/kernels/cuda/check.h"
+#include "runtime/executor.h"
 
 namespace stp::cuda {
 
 namespace {
 
-GroupKind group_kind(CommGroup g) {
-  switch (g) {
-    case CommGroup::TP: return GroupKind::Tp;
-    case CommGroup::PP: return GroupKind::Pp;
-    case CommGroup::DP: return GroupKind::Dp;
-    case CommGroup::None: break;
-  }
-  return GroupKind::World;
-}
 
 std::string cuda_err(cudaError_t rc, const char* what) {
   return rc == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(rc);
@@ -121,7 +113,7 @@ static std::string keep(std::vector<CommHandle>& hs, CommHandle h) {
 }
 
 std::string CudaStreamDevice::comm_start(const Op& op, DeviceTensors& tensors) {
-  const GroupKind g = group_kind(op.group);
+  const GroupKind g = comm_group_of(op.group);
   if (op.tensor < 0) {  // end-of-step gradient reduction
     for (const FloatSpan& sp : model_.grad_sync_spans(op.group)) {
       std::string err = keep(handles_, comm_.all_reduce(g, sp.data, sp.data, sp.n, DType::F32, ReduceOp::Sum, {}));

@@ -4,12 +4,8 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <cmath>
-#include <filesystem>
 
-#include "comm/mpi_comm.h"
 #include "comm/nccl/nccl_comm.h"
-#include "comm/self_comm.h"
 #include "model/kernels/cuda/check.h"
 #include "runtime/checkpoint.h"
 #include "runtime/core/metrics.h"
@@ -17,6 +13,7 @@
 #include "runtime/data.h"
 #include "runtime/grad_norm.h"
 #include "runtime/optimizer.h"
+#include "runtime/run_report.h"
 #include "runtime/trace.h"
 #include "runtime/trainer.h"
 #include "scheduler/program.h"
@@ -57,7 +54,7 @@ class CudaTrainer {
     CommStatus st = h.wait(cfg_.train.timeout_s);
     return st.ok() ? std::string() : std::string(what) + ": " + st.error;
   }
-  std::string placement() const { return prog_.pipeline.placement == Placement::V ? "v" : "looped"; }
+  CheckpointSite checkpoint_site();
 
   Config cfg_;
   Topology topo_;
@@ -84,16 +81,7 @@ class CudaTrainer {
 std::string CudaTrainer::build() {
   if (cfg_.model.vision.enabled) return "train.device=cuda does not run the vision tower yet";
   if (!cfg_.train.init_from.empty()) return "train.init_from is not supported with train.device=cuda yet";
-  chunks_ = config_chunks(cfg_);
-  cfg_.parallel.chunks = chunks_;
-  ProgramResult pr = pipeline_from_config(cfg_);
-  if (!pr.ok()) return "schedule: " + pr.error;
-  desc_ = model_desc_build(cfg_, chunks_, config_stage_layers(cfg_));
-  LowerOptions lo;
-  lo.dp = cfg_.parallel.dp;
-  LowerResult lr = lower(std::move(*pr.program), desc_, lo);
-  if (!lr.ok()) return "schedule " + cfg_.schedule.name + ": " + lr.error;
-  prog_ = std::move(*lr.program);
+  if (std::string err = build_run_program(cfg_, &chunks_, &desc_, &prog_); !err.empty()) return err;
   ctx_ = std::make_unique<cuda::Ctx>(alloc_, stream_.get(), cfg_.train.deterministic);
   model_ = std::make_unique<cuda::CudaRankModel>(cfg_, desc_, prog_.pipeline, topo_.me.pp, topo_.me.tp, *ctx_);
   if (!model_->error().empty()) return model_->error();
@@ -207,58 +195,40 @@ std::string CudaTrainer::step(StepReport* r, bool* fatal) {
   return {};
 }
 
-std::string shard_key(int stage, const std::string& name) { return "s" + std::to_string(stage) + "." + name; }
+CheckpointSite CudaTrainer::checkpoint_site() {
+  return CheckpointSite{&cfg_, chunks_, placement_name(prog_.pipeline.placement), topo_.rank, topo_.world(), &host_};
+}
 
 std::string CudaTrainer::save_checkpoint() {
   const std::string& root = cfg_.output.checkpoint.dir;
   const int64_t step = next_step_ - 1;
   if (root.empty() || step < 1) return {};
-  const std::string dir = checkpoint_step_dir(root, step);
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  std::string err = ec ? "cannot create '" + dir + "': " + ec.message() : std::string();
-  if (err.empty()) {
-    ShardMap shard;
-    for (auto& p : model_->params()) {
-      const std::string k = shard_key(p->stage, p->desc->name);
-      shard[k] = ShardTensor{p->local_shape, model_->download(p->master)};
-      shard[k + ".adam_m"] = ShardTensor{p->local_shape, model_->download(p->m)};
-      shard[k + ".adam_v"] = ShardTensor{p->local_shape, model_->download(p->v)};
-    }
-    err = checkpoint_write_shard((std::filesystem::path(dir) / checkpoint_shard_name(topo_.rank)).string(), shard);
+  ShardMap shard;
+  for (auto& p : model_->params()) {
+    const std::string k = checkpoint_shard_key(p->stage, p->desc->name);
+    shard[k] = ShardTensor{p->local_shape, model_->download(p->master)};
+    shard[k + ".adam_m"] = ShardTensor{p->local_shape, model_->download(p->m)};
+    shard[k + ".adam_v"] = ShardTensor{p->local_shape, model_->download(p->v)};
   }
-  int32_t bad = err.empty() ? 0 : 1;
-  const std::string vote = wait(host_.all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max), "vote");
-  if (!err.empty() || !vote.empty()) return "checkpoint step " + std::to_string(step) + ": " + err + vote;
-  if (bad) return "checkpoint step " + std::to_string(step) + ": another rank failed to write its shard";
-  if (topo_.rank != 0) return {};
-  const int64_t next_seq = step * int64_t(cfg_.parallel.dp) * cfg_.schedule.microbatches * cfg_.schedule.micro_batch_size;
-  return write_file_atomic(dir, "manifest.json",
-                           checkpoint_manifest(cfg_, chunks_, placement(), step, next_seq, topo_.world()).dump(2));
+  return checkpoint_save(checkpoint_site(), root, step, shard);
 }
 
 std::string CudaTrainer::resume() {
   if (!cfg_.train.resume) return {};
-  const std::string& root = cfg_.output.checkpoint.dir;
-  if (root.empty()) return "train.resume is true but output.checkpoint.dir is empty";
-  int64_t latest = checkpoint_latest(root).value_or(-1);
-  std::string err = wait(host_.broadcast(GroupKind::World, &latest, 1, DType::I64, 0), "resume");
-  if (!err.empty() || latest < 0) return err;
-  ManifestResult man = checkpoint_read_manifest(root, latest, checkpoint_compat(cfg_, chunks_, placement()));
-  if (!man.error.empty()) return man.error;
-  const std::string path = (std::filesystem::path(checkpoint_step_dir(root, latest)) / checkpoint_shard_name(topo_.rank)).string();
+  int64_t latest = -1;
   ShardMap shard;
-  if (!(err = checkpoint_read_shard(path, &shard)).empty()) return err;
+  std::string path;
+  std::string err = checkpoint_load(checkpoint_site(), &latest, &shard, &path);
+  if (!err.empty() || latest < 0) return err;
+  std::vector<float> host(0);
   for (auto& p : model_->params()) {
-    const std::string k = shard_key(p->stage, p->desc->name);
+    const std::string k = checkpoint_shard_key(p->stage, p->desc->name);
     cuda::DeviceBuffer<float>* dst[3] = {&p->master, &p->m, &p->v};
     const char* suffix[3] = {"", ".adam_m", ".adam_v"};
     for (int i = 0; i < 3; ++i) {
-      auto it = shard.find(k + suffix[i]);
-      if (it == shard.end()) return "checkpoint shard '" + path + "' lacks tensor " + k + suffix[i];
-      if (it->second.shape != p->local_shape || int64_t(it->second.data.size()) != p->n)
-        return "checkpoint shard '" + path + "': " + k + suffix[i] + " has another shape";
-      model_->upload(*dst[i], it->second.data);
+      host.assign(size_t(p->n), 0.0f);
+      if (!(err = checkpoint_take(shard, path, k + suffix[i], p->local_shape, &host)).empty()) return err;
+      model_->upload(*dst[i], host);
     }
   }
   model_->refresh_bf16();
@@ -267,28 +237,6 @@ std::string CudaTrainer::resume() {
 }
 
 // ---- the run ---------------------------------------------------------------------------------------
-
-// The CPU trainer's metrics keys (train_main.cpp's step_json), from this trainer's report.
-nlohmann::json step_json(const StepReport& r, const Config& cfg, const ModelDesc& desc, int world) {
-  nlohmann::json mem = nlohmann::json::array(), act = nlohmann::json::array(), exp = nlohmann::json::array();
-  double peak = 0, e[4] = {0, 0, 0, 0};
-  for (const RankStepStats& x : r.ranks) {
-    mem.push_back(int64_t(x.peak_mem_bytes));
-    act.push_back(int64_t(x.act_peak_bytes));
-    exp.push_back(x.exposed_comm_s);
-    peak = std::max(peak, x.peak_mem_bytes);
-    e[0] += x.exposed_comm_s, e[1] += x.exposed_tp_s, e[2] += x.exposed_pp_s, e[3] += x.exposed_dp_s;
-  }
-  const double n = std::max<size_t>(1, r.ranks.size());
-  const double tps = double(r.tokens) / r.step_time_s;
-  const double tflops = 3.0 * desc.flops_per_token_fwd * tps / world / 1e12;
-  return {{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-          {"clip_scale", r.clip_scale}, {"tokens", r.tokens}, {"step_time_s", r.step_time_s},
-          {"tokens_per_s", tps}, {"tflops_per_gpu", tflops}, {"mfu", tflops / cfg.cluster.gpu.peak_tflops},
-          {"peak_mem_bytes", int64_t(peak)}, {"peak_mem_bytes_per_rank", mem}, {"act_peak_bytes_per_rank", act},
-          {"exposed_comm_s", e[0] / n}, {"exposed_comm_s_per_rank", exp}, {"exposed_tp_s", e[1] / n},
-          {"exposed_pp_s", e[2] / n}, {"exposed_dp_s", e[3] / n}, {"device", "cuda"}};
-}
 
 int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommunicator& nccl) {
   const bool lead = host.world_rank() == 0;
@@ -300,9 +248,8 @@ int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommuni
   std::unique_ptr<ExecTrace> trace;
   if (cfg.output.trace) trace = std::make_unique<ExecTrace>(host.world_rank(), nccl.whoami());
   const Clock::time_point t0 = Clock::now();
-  double first = NAN, last = NAN, time_s = 0, tokens = 0, tflops = 0, exposed = 0;
-  int64_t peak = 0;
-  int code = 0, steps = 0;
+  RunTotals totals;
+  int code = 0;
   std::string stopped;
   while (tr.next_step() <= cfg.train.steps) {
     StepReport r;
@@ -317,35 +264,23 @@ int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommuni
     }
     if (trace && r.step <= kTraceSteps)
       trace->add_iteration(int(r.step), tr.last_exec_start_s(t0), tr.program(), tr.last_exec(), tr.desc());
-    const nlohmann::json j = step_json(r, cfg, tr.desc(), host.world_size());
+    nlohmann::json j = step_json(r, cfg, tr.desc(), host.world_size());
+    j["device"] = "cuda";
     if (lead) {
-      if (steps++ == 0) first = r.loss;
-      last = r.loss, time_s += r.step_time_s, tokens += double(r.tokens);
-      tflops += j["tflops_per_gpu"].get<double>(), exposed += j["exposed_comm_s"].get<double>();
-      peak = std::max(peak, j["peak_mem_bytes"].get<int64_t>());
-      spdlog::info("step {}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.2f}% | "
-                   "peak mem {:.2f} MiB | exposed comm {:.2f} ms (cuda)",
-                   r.step, cfg.train.steps, r.loss, r.lr, r.grad_norm, j["tokens_per_s"].get<double>(),
-                   100.0 * j["mfu"].get<double>(), double(peak) / 1048576.0, 1e3 * j["exposed_comm_s"].get<double>());
+      totals.add(j);
+      log_step(j, cfg.train.steps);
       if (metrics.is_open()) metrics.write(j);
     }
-    const int every = cfg.output.checkpoint.every;
-    const bool final_step = r.step == cfg.train.steps;  // saved once, as train_main.cpp does
-    if (!cfg.output.checkpoint.dir.empty() &&
-        ((every > 0 && r.step % every == 0) || (final_step && (every <= 0 || r.step % every)))) {
+    if (checkpoint_due(cfg, r.step)) {
       const std::string cerr = tr.save_checkpoint();
       if (!cerr.empty()) nccl.abort(cerr, 1);
     }
   }
-  if (lead && metrics.is_open())
-    metrics.write({{"summary", true}, {"device", "cuda"}, {"schedule", cfg.schedule.name}, {"tp", cfg.parallel.tp},
-                   {"pp", cfg.parallel.pp}, {"dp", cfg.parallel.dp}, {"steps", steps}, {"first_loss", first},
-                   {"final_loss", last}, {"train_time_s", time_s},
-                   {"tokens_per_s", time_s > 0 ? tokens / time_s : 0.0},
-                   {"tflops_per_gpu", tflops / std::max(1, steps)},
-                   {"mfu", tflops / std::max(1, steps) / cfg.cluster.gpu.peak_tflops}, {"peak_mem_bytes", peak},
-                   {"exposed_comm_s_per_step", exposed / std::max(1, steps)},
-                   {"stopped", stopped.empty() ? nlohmann::json(nullptr) : nlohmann::json(stopped)}});
+  if (lead && metrics.is_open()) {
+    nlohmann::json summary = summary_json(totals, cfg, stopped);
+    summary["device"] = "cuda";
+    metrics.write(summary);
+  }
   if (trace) {
     const std::string err = trace->write(cfg.output.dir);
     if (!err.empty()) spdlog::warn("trace: {}", err);
@@ -370,34 +305,21 @@ int cuda_train_main(const Config& cfg, const LaunchEnv& env) {
   }
   const Topology topo = topology_build(cfg.parallel, env);
   const bool v = pipeline_placement(cfg.schedule.name) == Placement::V;
-  std::unique_ptr<MpiSession> session;
-  std::unique_ptr<Communicator> host;
-  if (env.world > 1) {
-    MpiSession::Result s = MpiSession::start(nullptr, nullptr);
-    if (!s.session) {
-      spdlog::error("train.device=cuda with {} ranks needs an MPI launcher for the host reductions: {}", env.world,
-                    s.error);
-      return 2;
-    }
-    session = std::move(s.session);
-    CommCreateResult c = comm_create_mpi(*session, topo, v);
-    if (!c.comm) {
-      spdlog::error("communicator: {}", c.error);
-      return 2;
-    }
-    host = std::move(c.comm);
-  } else {
-    host = comm_create_self();
+  WorldComm world;  // the host reductions (loss, norms, votes) run over MPI
+  if (const std::string err = world_comm_open(topo, env, v, &world); !err.empty()) {
+    spdlog::error("train.device=cuda with {} ranks needs an MPI launcher for the host reductions: {}", env.world, err);
+    return 2;
   }
+  Communicator& host = *world.comm;
   NcclCreateResult nc = comm_create_nccl(topo, v, env, nccl_options_of(cfg),
-                                         env.world > 1 ? nccl_id_broadcast_over(*host, cfg.train.timeout_s) : NcclIdBroadcast{});
-  if (!agree(*host, nc.comm ? std::string() : "NCCL: " + nc.error, cfg.train.timeout_s)) return 2;
+                                         env.world > 1 ? nccl_id_broadcast_over(host, cfg.train.timeout_s) : NcclIdBroadcast{});
+  if (!agree(host, nc.comm ? std::string() : "NCCL: " + nc.error, cfg.train.timeout_s)) return 2;
   if (topo.rank == 0) spdlog::info("{} | NCCL: {}", topo.to_string(), nc.comm->bootstrap());
   try {
-    CudaTrainer tr(cfg, topo, *host, *nc.comm);
-    if (!agree(*host, tr.build(), cfg.train.timeout_s)) return 2;
-    if (!agree(*host, tr.resume(), cfg.train.timeout_s)) return 2;
-    return run_loop(tr, cfg, *host, *nc.comm);
+    CudaTrainer tr(cfg, topo, host, *nc.comm);
+    if (!agree(host, tr.build(), cfg.train.timeout_s)) return 2;
+    if (!agree(host, tr.resume(), cfg.train.timeout_s)) return 2;
+    return run_loop(tr, cfg, host, *nc.comm);
   } catch (const cuda::CudaError& e) {
     nc.comm->abort(e.what(), 1);
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -106,6 +107,30 @@ inline MicroBatch make_batch(const Config& cfg, uint64_t seed) {
       random_vec(b * cfg.model.vision.images_per_sample * g.patches * g.patch_dim, seed + 1000);
   mb.pixels = to_float(px);
   return mb;
+}
+
+// Summed cross-entropy of full logits (N, V) over the rows whose target is not -1: the reference
+// the vocab-parallel kernels are checked against.
+inline double xent_reference(const std::vector<double>& logits, const std::vector<int>& tgt, int64_t N,
+                             int64_t V) {
+  double L = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    if (tgt[size_t(n)] < 0) continue;
+    double z = 0;
+    for (int64_t v = 0; v < V; ++v) z += std::exp(logits[size_t(n * V + v)]);
+    L += std::log(z) - logits[size_t(n * V + tgt[size_t(n)])];
+  }
+  return L;
+}
+
+// Two vocab shards of (N, V) logits: columns [0, V/2) and [V/2, V), each stored contiguously.
+inline std::array<std::vector<double>, 2> vocab_shards(const std::vector<double>& logits, int64_t N, int64_t V) {
+  const int64_t Vh = V / 2;
+  std::array<std::vector<double>, 2> sh = {std::vector<double>(size_t(N * Vh)), std::vector<double>(size_t(N * Vh))};
+  for (int64_t n = 0; n < N; ++n)
+    for (int r = 0; r < 2; ++r)
+      for (int64_t v = 0; v < Vh; ++v) sh[size_t(r)][size_t(n * Vh + v)] = logits[size_t(n * V + r * Vh + v)];
+  return sh;
 }
 
 // Central finite difference of loss() in x[i], step h.

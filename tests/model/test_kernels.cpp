@@ -321,20 +321,8 @@ TEST_CASE("cross-entropy: vocab-parallel pieces equal the full softmax loss; FD 
   const int64_t N = 4, V = 10, Vh = V / 2;
   Vec logits = random_vec(N * V, 71, 3.0);
   std::vector<int> tgt = {0, 4, 5, 9};
-  auto full_loss = [&] {
-    double L = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      double z = 0;
-      for (int64_t v = 0; v < V; ++v) z += std::exp(logits[n * V + v]);
-      L += std::log(z) - logits[n * V + tgt[n]];
-    }
-    return L;
-  };
-  // Two shards: columns [0, 5) and [5, 10), each stored contiguously.
-  Vec sh[2] = {Vec(N * Vh), Vec(N * Vh)};
-  for (int64_t n = 0; n < N; ++n)
-    for (int r = 0; r < 2; ++r)
-      for (int64_t v = 0; v < Vh; ++v) sh[r][n * Vh + v] = logits[n * V + r * Vh + v];
+  auto full_loss = [&] { return xent_reference(logits, tgt, N, V); };
+  std::array<Vec, 2> sh = vocab_shards(logits, N, V);  // columns [0, 5) and [5, 10)
   Vec mx[2] = {Vec(N), Vec(N)}, se[2] = {Vec(N), Vec(N)}, tl[2] = {Vec(N), Vec(N)};
   for (int r = 0; r < 2; ++r) cpu::xent_row_max(mx[r].data(), sh[r].data(), N, Vh);
   Vec gmax(N), gse(N), gtl(N), losses(N);

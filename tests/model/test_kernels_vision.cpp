@@ -122,21 +122,9 @@ TEST_CASE("cross-entropy: targets < 0 have no loss and no gradient on any vocab 
   const int64_t N = 5, V = 10, Vh = V / 2;
   Vec logits = random_vec(N * V, 85, 3.0);
   const std::vector<int> tgt = {3, -1, 7, -1, 0};
-  auto full_loss = [&] {  // summed over rows with a target
-    double L = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      if (tgt[n] < 0) continue;
-      double z = 0;
-      for (int64_t v = 0; v < V; ++v) z += std::exp(logits[n * V + v]);
-      L += std::log(z) - logits[n * V + tgt[n]];
-    }
-    return L;
-  };
-  // Two shards: columns [0, 5) and [5, 10), each stored contiguously; the all-reduces by hand.
-  Vec sh[2] = {Vec(N * Vh), Vec(N * Vh)};
-  for (int64_t n = 0; n < N; ++n)
-    for (int r = 0; r < 2; ++r)
-      for (int64_t v = 0; v < Vh; ++v) sh[r][n * Vh + v] = logits[n * V + r * Vh + v];
+  auto full_loss = [&] { return xent_reference(logits, tgt, N, V); };  // rows with a target
+  // Two shards: columns [0, 5) and [5, 10); the all-reduces by hand.
+  std::array<Vec, 2> sh = vocab_shards(logits, N, V);
   Vec mx[2] = {Vec(N), Vec(N)}, se[2] = {Vec(N), Vec(N)}, tl[2] = {Vec(N), Vec(N)};
   for (int r = 0; r < 2; ++r) cpu::xent_row_max(mx[r].data(), sh[r].data(), N, Vh);
   Vec gmax(N), gse(N), gtl(N), losses(N, 99.0);
