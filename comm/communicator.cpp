@@ -96,6 +96,8 @@ CommHandle comm_failed_handle(const CommOpInfo& info, std::string error) {
 
 bool CommHandle::test() { return !req_ || req_->test(); }
 
+std::string CommHandle::error() const { return req_ ? req_->error() : std::string(); }
+
 std::string CommHandle::describe() const { return req_ ? req_->describe() : "(no operation)"; }
 
 CommStatus CommHandle::wait(double timeout_s) {

@@ -84,6 +84,9 @@ class CommHandle {
   // Blocks until the operation completes or `timeout_s` passes (timeout_s <= 0: no limit). Returns
   // the operation's own error, or a timeout error that says what was waited on and for how long.
   CommStatus wait(double timeout_s);
+  // After test() returned true: the operation's own error ("" = success), without the description
+  // wait() puts in front of it (for wrappers that report it as their own).
+  std::string error() const;
   std::string describe() const;
 
  private:

@@ -1,149 +1,16 @@
-// train_main.cpp: the `stp-train train` run around the Trainer: communicator set-up, agreement on
-// set-up errors, the step loop, metrics.jsonl + log lines (rank 0), Chrome traces, checkpoints, the
-// SIGTERM stop and fault handling (contract in trainer.h).
+// train_main.cpp: `stp-train train` on the CPU: communicator set-up, the start-up report, the
+// Trainer's creation and resume with agreement on set-up errors, then the step loop
+// (runtime/train_loop.h). train.device=cuda goes to runtime/cuda/cuda_train.h.
 #include <spdlog/spdlog.h>
 
-#include <chrono>
-#include <cmath>
-#include <csignal>
-#include <cstdlib>
-#include <filesystem>
+#include <cstdio>
 
-#include "runtime/core/metrics.h"
 #include "runtime/run_report.h"
-#include "runtime/signals.h"
-#include "runtime/trace.h"
+#include "runtime/train_loop.h"
 #include "runtime/trainer.h"
 #include "scheduler/schedules.h"
 
 namespace stp {
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-constexpr int64_t kTraceSteps = 4;  // output.trace records the first steps (a few MB per rank)
-constexpr int kExitSigterm = 128 + SIGTERM;  // what a shell reports for a process ended by SIGTERM
-
-// Ends the job from a fault that may leave other ranks waiting: names the ranks that do not
-// answer a liveness ping (hung or dead) after the message, then MPI_Abort.
-[[noreturn]] void abort_job(Communicator& comm, const std::string& message, double timeout_s) {
-  const std::string silent = comm.diagnose(std::min(2.0, timeout_s));
-  comm.abort(silent.empty() ? message : message + "; " + silent, 1);
-  std::_Exit(1);  // not reached: abort() ends the process
-}
-
-// Every rank learns whether every rank succeeded; a failing rank has printed its own message.
-bool agree(Communicator& comm, const std::string& my_error, double timeout_s) {
-  if (!my_error.empty()) spdlog::error("{}: {}", comm.whoami(), my_error);
-  int32_t bad = my_error.empty() ? 0 : 1;
-  CommHandle h = comm.all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max);
-  CommStatus st = h.wait(timeout_s);
-  if (!st.ok()) abort_job(comm, "set-up: " + st.error, timeout_s);
-  return bad == 0;
-}
-
-// The stop after SIGTERM at a step boundary (every rank, together): the checkpoint of the last
-// completed step, unless no step completed since the start or `saved_step` is that step. Returns
-// the summary's `stopped` reason; a failed save aborts the job.
-std::string stop_on_sigterm(Trainer& tr, const Config& cfg, Communicator& comm, int64_t saved_step) {
-  const bool lead = comm.world_rank() == 0;
-  const int64_t step = tr.next_step() - 1;
-  std::string msg;
-  if (step < 1) {
-    msg = "SIGTERM before step 1 completed: no checkpoint written; exiting";
-  } else if (step == saved_step) {
-    msg = "SIGTERM: the checkpoint of step " + std::to_string(step) + " is already in " +
-          cfg.output.checkpoint.dir + "; exiting";
-  } else {
-    std::string root = cfg.output.checkpoint.dir;
-    if (root.empty()) {
-      root = (std::filesystem::path(cfg.output.dir) / "checkpoint").string();
-      if (lead) spdlog::info("SIGTERM: output.checkpoint.dir is empty, so the checkpoint goes to {}", root);
-    }
-    const std::string err = tr.save_checkpoint(root);
-    if (!err.empty()) abort_job(comm, "SIGTERM: " + err, cfg.train.timeout_s);
-    msg = "SIGTERM: checkpoint of step " + std::to_string(step) + " written to " + root + "; exiting";
-  }
-  if (lead) spdlog::warn("{}", msg);
-  return msg;
-}
-
-}  // namespace
-
-// Runs the steps; returns the exit code. Aborts the job on a fault that may leave ranks hanging.
-static int train_loop(Trainer& tr, const Config& cfg, Communicator& comm) {
-  const bool lead = comm.world_rank() == 0;
-  MetricsWriter metrics;
-  if (lead && cfg.output.metrics) {
-    const std::string err = metrics.open(cfg.output.dir, tr.next_step() > 1);
-    if (!err.empty()) spdlog::warn("metrics: {}", err);
-  }
-  std::unique_ptr<ExecTrace> trace;
-  if (cfg.output.trace) trace = std::make_unique<ExecTrace>(comm.world_rank(), comm.whoami());
-  const Clock::time_point t0 = Clock::now();
-  RunTotals totals;
-  std::string stopped;
-  int code = 0;
-  int64_t saved_step = tr.next_step() - 1;  // a resumed run's checkpoint; then the last one written
-  while (tr.next_step() <= cfg.train.steps) {
-    std::string err;
-    if (cfg.train.checkpoint_on_sigterm && sigterm_agree(comm, cfg.train.timeout_s, &err)) {
-      stopped = stop_on_sigterm(tr, cfg, comm, saved_step);
-      code = kExitSigterm;
-      break;
-    }
-    if (!err.empty()) abort_job(comm, err, cfg.train.timeout_s);
-    StepReport r;
-    bool fatal = false;
-    err = tr.step(&r, &fatal);
-    if (!err.empty() && fatal) abort_job(comm, err, cfg.train.timeout_s);
-    if (!err.empty()) {
-      if (lead) spdlog::error("{}", err);
-      stopped = err;
-      code = 1;
-      break;
-    }
-    if (trace && r.step <= kTraceSteps)
-      trace->add_iteration(int(r.step), std::chrono::duration<double>(tr.last_exec_start() - t0).count(),
-                           tr.rank_program(), tr.last_exec(), tr.desc());
-    const nlohmann::json j = step_json(r, cfg, tr.desc(), comm.world_size());
-    if (lead) {
-      totals.add(j);
-      log_step(j, cfg.train.steps);
-      if (metrics.is_open()) metrics.write(j);
-    }
-    if (checkpoint_due(cfg, r.step)) {
-      err = tr.save_checkpoint();
-      if (!err.empty()) abort_job(comm, err, cfg.train.timeout_s);
-      saved_step = r.step;
-      if (lead) spdlog::info("checkpoint: step {} written to {}", r.step, cfg.output.checkpoint.dir);
-    }
-  }
-  if (lead && metrics.is_open()) metrics.write(summary_json(totals, cfg, stopped));
-  if (trace) {
-    const std::string err = trace->write(cfg.output.dir);
-    if (!err.empty()) spdlog::warn("trace: {}", err);
-  }
-  return code;
-}
-
-// Rank 0 prints the grid once, with every rank's host (gathered, so a TP group split across nodes
-// is reported), and writes the resolved config to output.dir/config.json.
-static void announce(const Config& cfg, const Topology& topo, const LaunchEnv& env, Communicator& comm) {
-  constexpr int kHost = 64;
-  std::vector<char> mine(kHost, 0), all(size_t(kHost) * comm.world_size(), 0);
-  std::snprintf(mine.data(), kHost, "%s", env.host.c_str());
-  CommHandle h = comm.all_gather(GroupKind::World, mine.data(), all.data(), kHost, DType::U8);
-  const CommStatus st = h.wait(cfg.train.timeout_s);
-  if (topo.rank != 0) return;
-  std::vector<std::string> hosts;
-  for (int r = 0; st.ok() && r < comm.world_size(); ++r) hosts.emplace_back(all.data() + size_t(r) * kHost);
-  spdlog::info("{}", topo.to_string());
-  spdlog::info("\n{}", topology_table(topo, hosts));
-  for (const std::string& w : topology_warnings(topo)) spdlog::warn("{}", w);
-  const std::string err = write_file_atomic(cfg.output.dir, "config.json", config_to_json(cfg) + "\n");
-  if (!err.empty()) spdlog::warn("config.json: {}", err);
-}
 
 int train_main(const Config& cfg, const LaunchEnv& env) {
   if (cfg.train.device == "cuda") {
@@ -161,17 +28,20 @@ int train_main(const Config& cfg, const LaunchEnv& env) {
   }
   const Topology topo = topology_build(cfg.parallel, env);
   const bool v = pipeline_placement(cfg.schedule.name) == Placement::V;
+  if (env.world > 1 && env.launcher == "torchrun") {
+    spdlog::error("rank {}: train.device=cpu with {} ranks needs mpirun (the CPU backend is MPI, and torchrun "
+                  "starts no MPI job): use scripts/launch_mpirun.sh, or train.device=cuda under torchrun",
+                  env.rank, env.world);
+    return 2;
+  }
   WorldComm world;
   if (const std::string err = world_comm_open(topo, env, v, &world); !err.empty()) {
     spdlog::error("{}", err);
     return 2;
   }
   Communicator* comm = world.comm.get();
-  if (cfg.train.checkpoint_on_sigterm) {
-    const std::string err = sigterm_install();  // after MPI_Init, so that nothing replaces it
-    if (!err.empty()) spdlog::warn("{}: {}; SIGTERM ends the process without a checkpoint", comm->whoami(), err);
-  }
-  announce(cfg, topo, env, *comm);
+  sigterm_setup(cfg, *comm);
+  announce_run(cfg, topo, env, *comm);
   Trainer::Result tr = Trainer::create(cfg, topo, *comm);
   if (!agree(*comm, tr.error, cfg.train.timeout_s)) return 2;
   if (!agree(*comm, tr.trainer->resume(), cfg.train.timeout_s)) return 2;

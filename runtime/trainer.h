@@ -67,31 +67,48 @@ struct StepReport {
   std::vector<RankStepStats> ranks;
 };
 
-class Trainer {
+// What the step loop (runtime/train_loop.h) drives: the CPU Trainer below and the CUDA trainer.
+class StepRunner {
+ public:
+  virtual ~StepRunner() = default;
+  virtual const char* device() const = 0;  // "cpu" | "cuda"
+  virtual int64_t next_step() const = 0;
+  // Runs step next_step(); "" or the error, *fatal = whether some ranks may not have seen it.
+  virtual std::string step(StepReport* report, bool* fatal) = 0;
+  // Writes the checkpoint of step next_step() - 1 under `root` (collective); "" or the error.
+  virtual std::string save_checkpoint(const std::string& root) = 0;
+  virtual const ModelDesc& desc() const = 0;
+  virtual const UnitProgram& rank_program() const = 0;
+  virtual const ExecResult& last_exec() const = 0;
+  virtual std::chrono::steady_clock::time_point last_exec_start() const = 0;
+};
+
+class Trainer final : public StepRunner {
  public:
   struct Result;
   // Builds the schedule, the lowered program, the model shard, and opens the data.
   static Result create(const Config& cfg, const Topology& topo, Communicator& comm);
-  ~Trainer();
+  ~Trainer() override;
 
   // train.resume: loads the latest complete checkpoint under output.checkpoint.dir, if any.
   std::string resume();
   // Runs step next_step(). On error, *fatal says whether other ranks may be stuck (abort the job).
-  std::string step(StepReport* report, bool* fatal);
-  int64_t next_step() const { return next_step_; }
+  std::string step(StepReport* report, bool* fatal) override;
+  int64_t next_step() const override { return next_step_; }
+  const char* device() const override { return "cpu"; }
   // Writes this rank's shard of the last completed step under `root`; rank 0 then writes the
   // manifest. Nothing (and "") when root is empty or no step has completed. Collective.
-  std::string save_checkpoint(const std::string& root);
+  std::string save_checkpoint(const std::string& root) override;
   std::string save_checkpoint() { return save_checkpoint(cfg_.output.checkpoint.dir); }
   // The full model (or gradients) on every rank, in our naming, each tied replica once.
   FullState gather_full(bool grad, std::string* error);
 
-  const ModelDesc& desc() const { return desc_; }
+  const ModelDesc& desc() const override { return desc_; }
   const LoweredProgram& program() const { return prog_; }
-  const UnitProgram& rank_program() const { return prog_.ranks[size_t(topo_.me.pp)]; }
+  const UnitProgram& rank_program() const override { return prog_.ranks[size_t(topo_.me.pp)]; }
   RankModel& model() { return *model_; }
-  const ExecResult& last_exec() const { return last_exec_; }
-  std::chrono::steady_clock::time_point last_exec_start() const { return last_exec_start_; }
+  const ExecResult& last_exec() const override { return last_exec_; }
+  std::chrono::steady_clock::time_point last_exec_start() const override { return last_exec_start_; }
   const Topology& topology() const { return topo_; }
   int chunks() const { return chunks_; }
   CheckpointSite checkpoint_site();

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Packs the CUDA harness for a GPU machine that has the CUDA driver and toolkit libraries
+# Packs the CUDA harness and stp-train for a GPU machine that has the CUDA driver and toolkit libraries
 # (cuBLASLt, NVRTC, cuDNN through PyTorch's wheels) but none of our Debian packages and no network.
 #
-#   scripts/bench_gpu_bundle.sh [build-dir]     (default build-c; builds test_cuda first)
+#   scripts/bench_gpu_bundle.sh [build-dir]     (default build-c; builds test_cuda and stp-train first)
 #
-# Writes <build-dir>/gpu_bundle.tar.xz holding test_cuda and every shared library it needs except
+# Writes <build-dir>/gpu_bundle.tar.xz holding test_cuda, stp-train and every shared library they
+# need except
 # the C runtime and the NVIDIA libraries found on the GPU machine (libc/libm/libstdc++/libgcc_s/
 # libdl/libpthread/librt/ld-linux, libcuda, libcublas*, libcudnn*, libnvrtc*, libnccl*). The
 # libcudart this build was linked against travels with it. gpu_check.sh unpacks it and puts
@@ -18,14 +19,15 @@ if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSTP_CUDA=ON \
         "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--as-needed" >/dev/null
 fi
-cmake --build "$BUILD" -j2 --target test_cuda
+BINS=(test_cuda stp-train)
+cmake --build "$BUILD" -j2 --target "${BINS[@]}"
 
 STAGE=$BUILD/gpu_bundle
 rm -rf "$STAGE"
 mkdir -p "$STAGE/lib"
-cp "$BUILD/test_cuda" "$STAGE/"
+for b in "${BINS[@]}"; do cp "$BUILD/$b" "$STAGE/"; done
 skip='^(linux-vdso|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|ld-linux|libstdc\+\+|libgcc_s|libcuda\.so|libcublas|libcudnn|libnvrtc|libnccl)'
-ldd "$BUILD/test_cuda" | awk '/=>/ {print $1, $3}' | while read -r name path; do
+for b in "${BINS[@]}"; do ldd "$BUILD/$b"; done | awk '/=>/ {print $1, $3}' | sort -u | while read -r name path; do
   if [[ "$name" =~ $skip ]]; then continue; fi
   [ -f "$path" ] || { echo "bundle: $name not found here ($path)" >&2; exit 1; }
   cp -L "$path" "$STAGE/lib/$name"

@@ -13,6 +13,7 @@
 #      tp=pp=dp=1 with device cpu and device cuda, both loss curves, tokens/s, MFU (H200 peak) and
 #      peak memory side by side. stp-train comes from the bundle (gpu_bundle/stp-train) or
 #      STP_TRAIN_BIN; without one the step says SKIPPED.
+#   2c. SIGTERM on the CUDA path: exit 143 with the checkpoint of the last step, then train.resume
 #   3. benchmarks: large GEMM and one training step of gpt-125m, gpt-1.3b, llama7b-slice,
 #      ours (test_cuda "[.bench]") and the PyTorch eager reference (scripts/bench_gpu.py)
 #   4. a short table (stp vs torch: step time, tokens/s, TFLOPS, MFU, ratio)
@@ -44,7 +45,8 @@ run_check() {
   local name=$1 limit=$2; shift 2
   if [ "$(elapsed)" -ge "$BUDGET" ]; then result "SKIPPED $name (time budget ${BUDGET}s spent)"; return; fi
   say "## $name: $*"
-  local t0=$(date +%s) tmp=$OUT/.check.tmp rc
+  local t0 tmp=$OUT/.check.tmp rc
+  t0=$(date +%s)
   timeout --kill-after=10 "$limit" "$@" > "$tmp" 2>&1
   rc=$?
   cat "$tmp" >> "$LOG"
@@ -96,12 +98,12 @@ for lib in libcublasLt.so.13 libnvrtc.so.13 libcudnn.so.9 libnccl.so.2; do
 done
 export LD_LIBRARY_PATH=$LIBPATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if [ -n "$BIN" ]; then
-  missing=$(ldd "$BIN" | grep "not found")
+  missing=$(ldd "$BIN" "$WORK/gpu_bundle/stp-train" 2>&1 | grep "not found")
   if [ -n "$missing" ]; then
     result "FAIL    libraries: $(echo $missing | tr '\n' ' ')"
   else
     result "PASS    libraries (ldd resolves every dependency)"
-    ldd "$BIN" >> "$LOG"
+    ldd "$BIN" "$WORK/gpu_bundle/stp-train" >> "$LOG" 2>&1
   fi
 fi
 
@@ -158,6 +160,11 @@ for name, st, raw in (("cpu", steps_c, cpu), ("cuda", steps_g, gpu)):
 EOF
 else
   result "SKIPPED stp-train cpu vs cuda (no $TRAIN_BIN: add stp-train to the bundle or set STP_TRAIN_BIN)"
+fi
+
+# ---- 2c. SIGTERM on the CUDA path: checkpoint of the last step, exit 143, resume (tests/cuda/sigterm.sh) ----
+if [ -x "$TRAIN_BIN" ]; then
+  run_check "stp-train device=cuda SIGTERM checkpoint + resume" 240 "$ROOT/tests/cuda/sigterm.sh" "$TRAIN_BIN"
 fi
 
 if [ "${STP_GPU_SKIP_BENCH:-0}" = 1 ]; then

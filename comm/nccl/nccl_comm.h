@@ -52,6 +52,7 @@
 
 #include "comm/communicator.h"
 #include "comm/nccl/nccl_bootstrap.h"
+#include "comm/staged_comm.h"
 #include "runtime/core/config.h"
 #include "runtime/core/topology.h"
 
@@ -147,5 +148,10 @@ struct NcclCreateResult {
 NcclCreateResult comm_create_nccl(const Topology& topo, bool v_placement, const LaunchEnv& env,
                                   const NcclOptions& opts, const NcclIdBroadcast& id_broadcast = {},
                                   const GetEnv& getenv = nullptr);
+
+// Staging in device memory of the current CUDA device, for a host-memory communicator over NCCL
+// (comm_create_staged, comm/staged_comm.h): buffers from a caching allocator (no cudaFree, so no
+// device-wide synchronisation), copies on a stream of its own and complete on return.
+std::shared_ptr<Staging> staging_cuda();
 
 }  // namespace stp

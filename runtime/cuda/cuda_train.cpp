@@ -8,13 +8,12 @@
 #include "comm/nccl/nccl_comm.h"
 #include "model/kernels/cuda/check.h"
 #include "runtime/checkpoint.h"
-#include "runtime/core/metrics.h"
 #include "runtime/cuda/cuda_device.h"
 #include "runtime/data.h"
 #include "runtime/grad_norm.h"
 #include "runtime/optimizer.h"
 #include "runtime/run_report.h"
-#include "runtime/trace.h"
+#include "runtime/train_loop.h"
 #include "runtime/trainer.h"
 #include "scheduler/program.h"
 #include "scheduler/schedules.h"
@@ -24,24 +23,22 @@ namespace stp {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr int64_t kTraceSteps = 4;
 constexpr int kStats = 8;  // doubles per rank gathered per step
 
-class CudaTrainer {
+class CudaTrainer final : public StepRunner {
  public:
   CudaTrainer(const Config& cfg, const Topology& topo, Communicator& host, NcclCommunicator& nccl)
       : cfg_(cfg), topo_(topo), host_(host), nccl_(nccl) {}
   std::string build();
-  std::string step(StepReport* r, bool* fatal);
-  std::string save_checkpoint();
   std::string resume();
-  int64_t next_step() const { return next_step_; }
-  const ModelDesc& desc() const { return desc_; }
-  const UnitProgram& program() const { return prog_.ranks[size_t(topo_.me.pp)]; }
-  const ExecResult& last_exec() const { return last_exec_; }
-  double last_exec_start_s(Clock::time_point t0) const {
-    return std::chrono::duration<double>(exec_start_ - t0).count();
-  }
+  const char* device() const override { return "cuda"; }
+  std::string step(StepReport* r, bool* fatal) override;
+  std::string save_checkpoint(const std::string& root) override;
+  int64_t next_step() const override { return next_step_; }
+  const ModelDesc& desc() const override { return desc_; }
+  const UnitProgram& rank_program() const override { return prog_.ranks[size_t(topo_.me.pp)]; }
+  const ExecResult& last_exec() const override { return last_exec_; }
+  Clock::time_point last_exec_start() const override { return exec_start_; }
 
  private:
   int64_t loss_tokens() const {
@@ -85,9 +82,9 @@ std::string CudaTrainer::build() {
   ctx_ = std::make_unique<cuda::Ctx>(alloc_, stream_.get(), cfg_.train.deterministic);
   model_ = std::make_unique<cuda::CudaRankModel>(cfg_, desc_, prog_.pipeline, topo_.me.pp, topo_.me.tp, *ctx_);
   if (!model_->error().empty()) return model_->error();
-  exec_ = std::make_unique<StreamExecutor>(desc_, program(), nccl_.whoami());
+  exec_ = std::make_unique<StreamExecutor>(desc_, rank_program(), nccl_.whoami());
   if (!exec_->plan_error().empty()) return exec_->plan_error();
-  dev_ = std::make_unique<cuda::CudaStreamDevice>(desc_, program(), *model_, nccl_, *ctx_, cfg_.train.timeout_s);
+  dev_ = std::make_unique<cuda::CudaStreamDevice>(desc_, rank_program(), *model_, nccl_, *ctx_, cfg_.train.timeout_s);
   tensors_ = std::make_unique<DeviceTensors>(desc_, *dev_);
   norm_plan_ = std::make_unique<GradNormPlan>(desc_, topo_);
   const size_t N = size_t(cfg_.schedule.micro_batch_size) * size_t(cfg_.model.seq_len);
@@ -199,8 +196,7 @@ CheckpointSite CudaTrainer::checkpoint_site() {
   return CheckpointSite{&cfg_, chunks_, placement_name(prog_.pipeline.placement), topo_.rank, topo_.world(), &host_};
 }
 
-std::string CudaTrainer::save_checkpoint() {
-  const std::string& root = cfg_.output.checkpoint.dir;
+std::string CudaTrainer::save_checkpoint(const std::string& root) {
   const int64_t step = next_step_ - 1;
   if (root.empty() || step < 1) return {};
   ShardMap shard;
@@ -236,64 +232,12 @@ std::string CudaTrainer::resume() {
   return {};
 }
 
-// ---- the run ---------------------------------------------------------------------------------------
-
-int run_loop(CudaTrainer& tr, const Config& cfg, Communicator& host, NcclCommunicator& nccl) {
-  const bool lead = host.world_rank() == 0;
-  MetricsWriter metrics;
-  if (lead && cfg.output.metrics) {
-    const std::string err = metrics.open(cfg.output.dir, tr.next_step() > 1);
-    if (!err.empty()) spdlog::warn("metrics: {}", err);
-  }
-  std::unique_ptr<ExecTrace> trace;
-  if (cfg.output.trace) trace = std::make_unique<ExecTrace>(host.world_rank(), nccl.whoami());
-  const Clock::time_point t0 = Clock::now();
-  RunTotals totals;
-  int code = 0;
-  std::string stopped;
-  while (tr.next_step() <= cfg.train.steps) {
-    StepReport r;
-    bool fatal = false;
-    const std::string err = tr.step(&r, &fatal);
-    if (!err.empty() && fatal) nccl.abort(err, 1);
-    if (!err.empty()) {
-      if (lead) spdlog::error("{}", err);
-      stopped = err;
-      code = 1;
-      break;
-    }
-    if (trace && r.step <= kTraceSteps)
-      trace->add_iteration(int(r.step), tr.last_exec_start_s(t0), tr.program(), tr.last_exec(), tr.desc());
-    nlohmann::json j = step_json(r, cfg, tr.desc(), host.world_size());
-    j["device"] = "cuda";
-    if (lead) {
-      totals.add(j);
-      log_step(j, cfg.train.steps);
-      if (metrics.is_open()) metrics.write(j);
-    }
-    if (checkpoint_due(cfg, r.step)) {
-      const std::string cerr = tr.save_checkpoint();
-      if (!cerr.empty()) nccl.abort(cerr, 1);
-    }
-  }
-  if (lead && metrics.is_open()) {
-    nlohmann::json summary = summary_json(totals, cfg, stopped);
-    summary["device"] = "cuda";
-    metrics.write(summary);
-  }
-  if (trace) {
-    const std::string err = trace->write(cfg.output.dir);
-    if (!err.empty()) spdlog::warn("trace: {}", err);
-  }
-  return code;
-}
-
-// Every rank learns whether every rank succeeded (over the host communicator).
-bool agree(Communicator& host, const std::string& my_error, double timeout_s) {
-  if (!my_error.empty()) spdlog::error("{}: {}", host.whoami(), my_error);
-  int32_t bad = my_error.empty() ? 0 : 1;
-  CommStatus st = host.all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max).wait(timeout_s);
-  return st.ok() && bad == 0;
+// The host communicator (loss, norms, statistics, SIGTERM votes, checkpoint agreement) is MPI under
+// an MPI launcher, which also hands NCCL its unique id. Under torchrun or a bare srun there is no
+// MPI: NCCL bootstraps from MASTER_ADDR (nccl_bootstrap.h) and the host values travel over the NCCL
+// communicators through device staging (staged_comm.h).
+bool host_over_mpi(const LaunchEnv& env) {
+  return env.world > 1 && (env.launcher == "openmpi" || env.launcher == "pmi");
 }
 
 }  // namespace
@@ -305,21 +249,38 @@ int cuda_train_main(const Config& cfg, const LaunchEnv& env) {
   }
   const Topology topo = topology_build(cfg.parallel, env);
   const bool v = pipeline_placement(cfg.schedule.name) == Placement::V;
-  WorldComm world;  // the host reductions (loss, norms, votes) run over MPI
-  if (const std::string err = world_comm_open(topo, env, v, &world); !err.empty()) {
-    spdlog::error("train.device=cuda with {} ranks needs an MPI launcher for the host reductions: {}", env.world, err);
+  const double timeout = cfg.train.timeout_s;
+  const bool mpi = host_over_mpi(env);
+  WorldComm world;  // MPI, or the single-rank communicator for a world of one
+  if (mpi || env.world <= 1) {
+    if (const std::string err = world_comm_open(topo, env, v, &world); !err.empty()) {
+      spdlog::error("train.device=cuda: the host communicator: {}", err);
+      return 2;
+    }
+  }
+  NcclCreateResult nc = comm_create_nccl(topo, v, env, nccl_options_of(cfg),
+                                         mpi ? nccl_id_broadcast_over(*world.comm, timeout) : NcclIdBroadcast{});
+  if (world.comm) {
+    if (!agree(*world.comm, nc.comm ? std::string() : "NCCL: " + nc.error, timeout)) return 2;
+  } else if (!nc.comm) {  // the launcher ends the ranks still waiting in NCCL's set-up
+    spdlog::error("{}: NCCL: {}", topo.to_string(), nc.error);
     return 2;
   }
-  Communicator& host = *world.comm;
-  NcclCreateResult nc = comm_create_nccl(topo, v, env, nccl_options_of(cfg),
-                                         env.world > 1 ? nccl_id_broadcast_over(host, cfg.train.timeout_s) : NcclIdBroadcast{});
-  if (!agree(host, nc.comm ? std::string() : "NCCL: " + nc.error, cfg.train.timeout_s)) return 2;
-  if (topo.rank == 0) spdlog::info("{} | NCCL: {}", topo.to_string(), nc.comm->bootstrap());
+  std::unique_ptr<Communicator> staged;
+  if (!world.comm) staged = comm_create_staged(*nc.comm, staging_cuda(), timeout);
+  Communicator& host = world.comm ? *world.comm : *staged;
+  sigterm_setup(cfg, host);
+  announce_run(cfg, topo, env, host);
+  if (topo.rank == 0)
+    spdlog::info("NCCL: {}; host reductions over {}", nc.comm->bootstrap(),
+                 mpi ? "MPI" : env.world > 1 ? "NCCL (staged)" : "the process");
   try {
     CudaTrainer tr(cfg, topo, host, *nc.comm);
-    if (!agree(host, tr.build(), cfg.train.timeout_s)) return 2;
-    if (!agree(host, tr.resume(), cfg.train.timeout_s)) return 2;
-    return run_loop(tr, cfg, host, *nc.comm);
+    if (!agree(host, tr.build(), timeout)) return 2;
+    if (!agree(host, tr.resume(), timeout)) return 2;
+    if (topo.rank == 0 && tr.next_step() > 1)
+      spdlog::info("resumed from {} at step {}", cfg.output.checkpoint.dir, tr.next_step());
+    return train_loop(tr, cfg, host);
   } catch (const cuda::CudaError& e) {
     nc.comm->abort(e.what(), 1);
   }

@@ -1,11 +1,14 @@
 // cuda_train.h: `stp-train train` with train.device = cuda (issue 7): the CPU trainer's step
 // (runtime/trainer.h) on one GPU per rank.
 //
-// Set-up: a host communicator as on the CPU (MPI when the world has more than one rank, else the
-// single-rank one) for the step's small host reductions (loss, gradient norm, statistics,
-// checkpoint votes), and the NCCL communicators (comm_create_nccl; under MPI the unique id is
-// broadcast over it) for everything on the device, with nccl_options_of(cfg) (the `nccl` section,
-// watchdog on, op timeout = train.timeout_s).
+// Set-up: the NCCL communicators (comm_create_nccl) for everything on the device, with
+// nccl_options_of(cfg) (the `nccl` section, watchdog on, op timeout = train.timeout_s), and a host
+// communicator for the step's small host reductions (loss, gradient norm, statistics, SIGTERM
+// votes, checkpoint agreement): MPI under an MPI launcher (which also broadcasts NCCL's unique id),
+// the single-rank one for a world of one, and otherwise (torchrun, srun without MPI) the NCCL
+// communicators themselves through device staging (comm/staged_comm.h).
+// The run: the step loop both trainers share (runtime/train_loop.h): metrics, trace, scheduled
+// checkpoints, the SIGTERM checkpoint at a step boundary (exit 143), faults.
 // One step s, as the CPU trainer's:
 //   1. data    micro-batches of step s read on the host (runtime/data.h), uploaded per micro-batch.
 //   2. run     the StreamExecutor replays this rank's unit program on the CudaStreamDevice,
@@ -21,7 +24,7 @@
 //              communication from CUDA events (cuda_device.h); Chrome trace of the real streams.
 // Checkpoints: the CPU layout (runtime/checkpoint.h): fp32 masters and AdamW m, v copied to the
 // host, same tensor names, so a CPU run resumes a CUDA checkpoint and back.
-// Not yet: the vision tower, train.init_from, the SIGTERM checkpoint. tp > 1 reduces bf16 activations
+// Not yet: the vision tower, train.init_from. tp > 1 reduces bf16 activations
 // with BF16 NCCL collectives (cuda_device.h); like pp > 1 it has not yet run on GPUs.
 #pragma once
 

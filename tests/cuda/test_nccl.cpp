@@ -291,9 +291,14 @@ std::string wait_error(CommHandle h) {
 // Fails if a split communicator is missing or has the wrong size/rank, or if any collective on any
 // group, dtype, size (0, 1, odd, > 1 MiB) or in-place/out-of-place form returns anything but its
 // input in a world of one (a wrong dtype mapping, count or buffer shows up as poison or garbage).
+// Runs in both NCCL modes: blocking, and non-blocking (NcclOptions::blocking = false), where calls
+// may return ncclInProgress and the communicator finishes them before anything depends on them.
 TEST_CASE("nccl one rank: every collective on every group, exact", "[nccl][gpu]") {
   STP_REQUIRE_GPU();
-  auto comm = one_rank();
+  NcclOptions o;
+  o.blocking = GENERATE(true, false);
+  INFO((o.blocking ? "blocking" : "non-blocking") << " communicators");
+  auto comm = one_rank(o);
   Bufs b;
   for (int g = 0; g < kGroupKinds; ++g) {
     CHECK(comm->size(GroupKind(g)) == 1);
@@ -340,7 +345,10 @@ TEST_CASE("nccl one rank: every collective on every group, exact", "[nccl][gpu]"
 // sizes, two groups at once), or if the byte count of stats() is not what was sent.
 TEST_CASE("nccl one rank: grouped send/recv with itself", "[nccl][gpu]") {
   STP_REQUIRE_GPU();
-  auto comm = one_rank();
+  NcclOptions o;
+  o.blocking = GENERATE(true, false);
+  INFO((o.blocking ? "blocking" : "non-blocking") << " communicators");
+  auto comm = one_rank(o);
   Bufs b;
   const std::vector<uint8_t> a = pattern(DType::F32, 1000, 0), c = pattern(DType::I64, 33, 5),
                              d = pattern(DType::U8, 3, 9);
@@ -363,6 +371,38 @@ TEST_CASE("nccl one rank: grouped send/recv with itself", "[nccl][gpu]") {
   CHECK(b.get(rd, d.size()) == d);
   CHECK(comm->stats().ops == 6);
   CHECK(comm->stats().bytes == 1000 * 4 + 33 * 8 + 3);
+}
+
+// Fails if the staged host communicator over NCCL (the CUDA trainer's host reductions under
+// torchrun) does not hand back exactly the host values: every kind of operation the trainer uses,
+// in place and not, for the dtypes it uses; or if the host input is read after the call.
+TEST_CASE("nccl one rank: host values through device staging, exact", "[nccl][gpu]") {
+  STP_REQUIRE_GPU();
+  auto nccl = one_rank();
+  auto host = comm_create_staged(*nccl, staging_cuda(), 30);
+  std::vector<double> d = {1.5, -2.25, 1e300, 0.0}, dout(4, -1);
+  CommHandle h = host->all_reduce(GroupKind::World, d.data(), dout.data(), 4, DType::F64, ReduceOp::Sum);
+  d.assign(4, -9);  // the staged copy was taken at the call
+  wait_ok(h);
+  CHECK(dout == std::vector<double>{1.5, -2.25, 1e300, 0.0});
+  int32_t vote = 7;
+  h = host->all_reduce(GroupKind::World, &vote, &vote, 1, DType::I32, ReduceOp::Max);
+  wait_ok(h);
+  CHECK(vote == 7);
+  std::vector<uint8_t> name = {'g', 'p', 'u', 0}, names(4, 0xFF);
+  h = host->all_gather(GroupKind::World, name.data(), names.data(), 4, DType::U8);
+  wait_ok(h);
+  CHECK(names == name);
+  std::vector<float> f = {3, 4, 5}, fr(3, -1);
+  h = host->reduce_scatter(GroupKind::Dp, f.data(), fr.data(), 3, DType::F32, ReduceOp::Sum);
+  wait_ok(h);
+  CHECK(fr == f);
+  h = host->broadcast(GroupKind::Tp, f.data(), 3, DType::F32, 0);
+  wait_ok(h);
+  CHECK(f == std::vector<float>{3, 4, 5});
+  h = host->barrier(GroupKind::World);
+  wait_ok(h);
+  CHECK(host->whoami() == nccl->whoami());
 }
 
 // Fails if the operation does not wait for the work queued on the caller's stream before the call

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bad_inputs.sh BIN: a 2-rank run (TP 1 x PP 2) refuses bad inputs at set-up with exit code 2 and
 # a message that names what is wrong: a missing token file, a token file with an id >= vocab, and
-# a checkpoint written by another configuration.
+# a checkpoint written by another configuration; and two ranks of the CPU path under torchrun
+# (which starts no MPI job: each rank refuses at once instead of waiting for peers).
 set -u
 BIN=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,5 +41,26 @@ run "checkpoint from another config" 2 "model.hidden is 32 there, 64 here" \
   --set train.steps=4 --set output.checkpoint.dir="$OUT/ckpt" --set train.resume=true --set model.hidden=64
 run "resume the same config" 0 "resumed from" \
   --set train.steps=4 --set output.checkpoint.dir="$OUT/ckpt" --set train.resume=true
+# torchrun's variables, no mpirun: both ranks exit 2 naming mpirun.
+for r in 0 1; do
+  RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 \
+    timeout 60 "$BIN" --config "$HERE/tiny_train.yaml" --set parallel.pp=2 --set schedule.microbatches=2 \
+    --set output.dir="$OUT/torchrun" >"$OUT/log.$r" 2>&1 &
+done
+TR_FAIL=0
+for r in 0 1; do
+  wait -n
+  rc=$?
+  [ "$rc" -eq 2 ] || TR_FAIL=1
+done
+if [ "$TR_FAIL" -eq 0 ] && grep -q "rank 0: train.device=cpu with 2 ranks needs mpirun" "$OUT/log.0" &&
+   grep -q "rank 1: train.device=cpu with 2 ranks needs mpirun" "$OUT/log.1"; then
+  echo "# ok: cpu path under torchrun (exit 2): $(grep -m1 needs "$OUT/log.1" | sed 's/^.*\] //' | cut -c1-160)"
+  PASS=$((PASS + 1))
+else
+  echo "FAIL: cpu path under torchrun"
+  cat "$OUT/log.0" "$OUT/log.1"
+  FAIL=$((FAIL + 1))
+fi
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -1,5 +1,8 @@
-// test_comm_mpi.cpp: the MPI Communicator under mpirun (2 and 4 ranks). Every expected value is a
-// small integer designed so that fp32 sums are exact, computed here independently of comm/.
+// test_comm_mpi.cpp: the MPI Communicator under mpirun (2 and 4 ranks), and the staged host
+// communicator (comm/staged_comm.h) over it. Every expected value is a small integer designed so
+// that fp32 sums are exact, computed here independently of comm/. The designed-answer cases run
+// twice: on the MPI communicator, and through the staged wrapper with host staging, which is the
+// CUDA trainer's host communicator under torchrun with NCCL swapped for MPI.
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -8,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/staged_comm.h"
 #include "tests/mpi/mpi_test_util.h"
 
 using namespace stp;
@@ -55,6 +59,19 @@ std::vector<int> expected_members(int TP, int PP, int DP, int r, GroupKind g, bo
 const GroupKind kGroups[] = {GroupKind::World, GroupKind::Tp, GroupKind::Pp, GroupKind::Dp,
                              GroupKind::Embed};
 
+// The communicator a designed-answer case runs on: the MPI one, or the staged wrapper over it.
+struct TestComm {
+  std::unique_ptr<Communicator> mpi, staged;
+  Communicator* operator->() const { return staged ? staged.get() : mpi.get(); }
+};
+
+TestComm make_test_comm(int tp, int pp, int dp, bool staged) {
+  TestComm t;
+  t.mpi = make_comm(tp, pp, dp);
+  if (staged) t.staged = comm_create_staged(*t.mpi, staging_host(), kTimeout);
+  return t;
+}
+
 void require_ok(CommHandle& h) {
   const CommStatus st = h.wait(kTimeout);
   INFO(st.error);
@@ -90,7 +107,9 @@ TEST_CASE("groups follow rank = ((dp*PP)+pp)*TP+tp for every grid of the world",
 // member k contributes (k+1)*(i+1), so the sum is (i+1)*n(n+1)/2 and the max n*(i+1).
 TEST_CASE("all_reduce sum and max give the designed integers", "[mpi][comm]") {
   const int world = test_mpi_session().world_size();
-  auto c = world >= 4 ? make_comm(2, 2, world / 4) : make_comm(1, world, 1);
+  const bool staged = GENERATE(false, true);
+  INFO((staged ? "staged over mpi" : "mpi"));
+  TestComm c = world >= 4 ? make_test_comm(2, 2, world / 4, staged) : make_test_comm(1, world, 1, staged);
   const int N = 1000;
   for (GroupKind g : kGroups) {
     const int n = c->size(g), k = c->rank(g);
@@ -115,7 +134,9 @@ TEST_CASE("all_reduce sum and max give the designed integers", "[mpi][comm]") {
 
 // Fails if blocks land in the wrong order or the scatter hands out the wrong block.
 TEST_CASE("all_gather, reduce_scatter and broadcast give the designed blocks", "[mpi][comm]") {
-  auto c = make_comm(1, 1, test_mpi_session().world_size());
+  const bool staged = GENERATE(false, true);
+  INFO((staged ? "staged over mpi" : "mpi"));
+  TestComm c = make_test_comm(1, 1, test_mpi_session().world_size(), staged);
   const GroupKind g = GroupKind::Dp;
   const int n = c->size(g), k = c->rank(g), B = 37;
   std::vector<float> mine(B), all(size_t(n) * B);
@@ -144,7 +165,9 @@ TEST_CASE("all_gather, reduce_scatter and broadcast give the designed blocks", "
 
 // Fails if messages between one pair overtake each other, or a ring pass mixes up peers.
 TEST_CASE("send/recv match in call order between a pair, around the PP ring", "[mpi][comm]") {
-  auto c = make_comm(1, test_mpi_session().world_size(), 1);
+  const bool staged = GENERATE(false, true);
+  INFO((staged ? "staged over mpi" : "mpi"));
+  TestComm c = make_test_comm(1, test_mpi_session().world_size(), 1, staged);
   const GroupKind g = GroupKind::Pp;
   const int n = c->size(g), k = c->rank(g), next = (k + 1) % n, prev = (k + n - 1) % n;
   const int M = 3, B = 64;
@@ -160,6 +183,67 @@ TEST_CASE("send/recv match in call order between a pair, around the PP ring", "[
   for (CommHandle& h : hs) require_ok(h);
   for (int m = 0; m < M; ++m)
     for (int i = 0; i < B; ++i) REQUIRE(in[m][i] == float(10000 * prev + 100 * m + i));
+}
+
+namespace {
+
+// Host staging that counts its live buffers and can be told to refuse every allocation.
+class CountingStaging final : public Staging {
+ public:
+  std::shared_ptr<Staging> host = staging_host();
+  bool refuse = false;
+  int live = 0, allocs = 0;
+  std::shared_ptr<void> alloc(size_t bytes, std::string* error) override {
+    if (refuse) {
+      *error = "refused by the test";
+      return nullptr;
+    }
+    std::shared_ptr<void> p = host->alloc(bytes, error);
+    ++live, ++allocs;
+    return std::shared_ptr<void>(p.get(), [this, p](void*) { --live; });
+  }
+  std::string put(void* s, const void* h, size_t n) override { return host->put(s, h, n); }
+  std::string get(void* h, const void* s, size_t n) override { return host->get(h, s, n); }
+};
+
+}  // namespace
+
+// Fails if the staged wrapper reads the caller's input after the call returns (the source is
+// overwritten at once), loses a message whose handle was dropped in flight, keeps a staging buffer
+// after its operation finished, or issues an operation whose staging failed (the next collective
+// would then mismatch across ranks).
+TEST_CASE("staged: input copied at the call, dropped handles still deliver, staging failures named", "[mpi][comm]") {
+  auto mpi = make_comm(1, test_mpi_session().world_size(), 1);
+  auto staging = std::make_shared<CountingStaging>();
+  auto c = comm_create_staged(*mpi, staging, kTimeout);
+  const GroupKind g = GroupKind::Pp;
+  const int n = c->size(g), k = c->rank(g), next = (k + 1) % n, prev = (k + n - 1) % n;
+  const int B = 1000;
+  std::vector<float> out(B), in(B, -1);
+  for (int i = 0; i < B; ++i) out[i] = float(1000 * k + i);
+  CommHandle r = c->recv(g, in.data(), B, DType::F32, prev);
+  c->send(g, out.data(), B, DType::F32, next);  // handle dropped: waits for the send, buffer then freed
+  std::fill(out.begin(), out.end(), -7.0f);
+  require_ok(r);
+  for (int i = 0; i < B; ++i) REQUIRE(in[i] == float(1000 * prev + i));
+  CHECK(staging->live == 0);
+  CHECK(staging->allocs == 2);
+
+  const int64_t issued = mpi->stats().ops;
+  staging->refuse = true;
+  int32_t x = k;
+  CommHandle bad = c->all_reduce(GroupKind::World, &x, &x, 1, DType::I32, ReduceOp::Max);
+  const CommStatus st = bad.wait(kTimeout);
+  CHECK(st.error == "all_reduce(max) #0 on world group [" + [&] {
+          std::string m;
+          for (int i = 0; i < mpi->world_size(); ++i) m += (i ? " " : "") + std::to_string(i);
+          return m;
+        }() + "], 1 x i32 failed: staging 4 bytes: refused by the test");
+  CHECK(mpi->stats().ops == issued);
+  staging->refuse = false;
+  CommHandle ok = c->all_reduce(GroupKind::World, &x, &x, 1, DType::I32, ReduceOp::Max);
+  require_ok(ok);
+  CHECK(x == mpi->world_size() - 1);
 }
 
 // Fails if bf16 payloads are not moved bit for bit (every 16-bit pattern, NaNs included), or the
