@@ -33,7 +33,11 @@ class StagedRequest final : public CommRequest {
       : inner_(std::move(inner)), buf_(std::move(buf)), staging_(std::move(staging)), host_out_(host_out),
         out_offset_(out_offset), out_bytes_(out_bytes), drop_wait_s_(drop_wait_s) {}
   ~StagedRequest() override {
-    if (!done_) inner_.wait(drop_wait_s_);  // the inner operation still uses buf_
+    if (done_) return;
+    inner_.wait(drop_wait_s_);  // the inner operation still uses buf_
+    // Still running after drop_wait_s: the block must not go back to the staging, where the next
+    // operation would get it while the device still writes it; it is leaked instead.
+    if (!inner_.test()) new std::shared_ptr<void>(std::move(buf_));
   }
   bool test() override {
     if (done_) return true;

@@ -18,7 +18,7 @@
 // - Non-blocking communicators (NcclOptions::blocking = false): a call that returns ncclInProgress
 //   is finished by wait_ready() before anything depends on it, so the two modes look the same
 //   from here on. wait_ready() queries under `mu` (the query never blocks), so it cannot race an
-//   abort.
+//   abort; the other fault checks skip the query while an issuer is inside an NCCL call.
 #include "comm/nccl/nccl_comm.h"
 
 #include <cuda_runtime.h>
@@ -41,6 +41,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr std::chrono::seconds kAbortGrace(2);
 constexpr double kFinalizeWait_s = 30;  // non-blocking communicators: ncclCommFinalize at destruction
+constexpr double kHandleWait_s = 30;    // non-blocking split: the child's handle after the parent is done
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -113,8 +114,13 @@ struct NcclState {
   bool aborted = false;
   std::string abort_reason;
   bool in_group = false;
+  // An issuing thread is inside an NCCL call without `mu` (issue, group_end): no other thread may
+  // call NCCL meanwhile (ncclCommGetAsyncError of a non-blocking communicator completes the group
+  // job that call is setting up), so the fault checks skip the async-error query until it is back.
+  bool launching = false;
   std::vector<OpPtr> held;
   std::map<int64_t, OpPtr> in_flight;
+  size_t prune_at = 256;  // in_flight size that triggers the next prune in issue()
 
   std::thread watchdog;
   std::condition_variable wake;
@@ -248,7 +254,8 @@ std::string NcclState::poll_locked(NcclOp& op) {
   }
   ncclResult_t async = ncclSuccess;
   ncclComm_t c = comms[int(op.info.group)];
-  if (c && ncclCommGetAsyncError(c, &async) == ncclSuccess && async != ncclSuccess && async != ncclInProgress)
+  if (c && !launching && ncclCommGetAsyncError(c, &async) == ncclSuccess && async != ncclSuccess &&
+      async != ncclInProgress)
     return whoami() + ": NCCL error on the " + group_kind_name(op.info.group) + " communicator while " +
            op.info.describe() + " was in flight: " + nccl_error(async, c);
   const double age = std::chrono::duration<double>(Clock::now() - op.issued).count();
@@ -276,7 +283,7 @@ std::string NcclState::prune_locked() {
 // operations in flight (completion and age).
 std::string NcclState::check_faults_locked() {
   if (aborted) return {};
-  for (int g = 0; g < kGroupKinds; ++g) {
+  for (int g = 0; g < kGroupKinds && !launching; ++g) {
     ncclResult_t async = ncclSuccess;
     if (!comms[g] || ncclCommGetAsyncError(comms[g], &async) != ncclSuccess) continue;
     if (async == ncclSuccess || async == ncclInProgress) continue;
@@ -529,6 +536,7 @@ CommHandle NcclCommunicator::issue(CommOpInfo in, const void* send, void* recv, 
   const int g = int(op->info.group);
   ncclComm_t c = st.comms[g];
   cudaStream_t cs = st.streams[g];
+  st.launching = true;
   lk.unlock();  // the call may block (a first connection to a peer); the watchdog stays free to abort
   const ncclResult_t nr = nccl_launch(*op, c, cs, st.barrier + g);
   // Non-blocking: the work may still be on its way to the stream; the completion event must follow it.
@@ -536,6 +544,7 @@ CommHandle NcclCommunicator::issue(CommOpInfo in, const void* send, void* recv, 
   const bool launched = nr == ncclSuccess || (nr == ncclInProgress && pending.empty());
   const cudaError_t rc = launched ? cudaEventRecord(op->done, cs) : cudaSuccess;
   lk.lock();
+  st.launching = false;
   if (st.aborted) return comm_failed_handle(op->info, "aborted: " + st.abort_reason);
   if (!pending.empty()) return comm_failed_handle(op->info, "enqueueing it: " + pending);
   if (!launched) return comm_failed_handle(op->info, "NCCL refused it: " + nccl_error(nr, c));
@@ -543,7 +552,12 @@ CommHandle NcclCommunicator::issue(CommOpInfo in, const void* send, void* recv, 
   op->state = NcclOp::Issued;
   op->issued = Clock::now();
   st.in_flight[op->info.seq] = op;
-  if (st.in_flight.size() > 256) st.prune_locked();  // handles dropped untested; faults: test()/watchdog
+  // Handles dropped untested (faults: test()/watchdog). The threshold doubles with what stays in
+  // flight, so a host far ahead of the device does not query every event at every issue.
+  if (st.in_flight.size() > st.prune_at) {
+    st.prune_locked();
+    st.prune_at = std::max<size_t>(256, 2 * st.in_flight.size());
+  }
   return CommHandle(std::make_unique<NcclRequest>(st_, op));
 }
 
@@ -602,12 +616,14 @@ CommStatus NcclCommunicator::group_end() {
   std::string err = check_self_pairs(ops, st.index);
   ncclComm_t comms[kGroupKinds];
   std::copy(std::begin(st.comms), std::end(st.comms), comms);
+  st.launching = true;
   lk.unlock();
   if (err.empty() && !ops.empty()) {
     cudaSetDevice(st.device);
     err = launch_group(st, ops, comms);
   }
   lk.lock();
+  st.launching = false;
   if (st.aborted) err = "aborted: " + st.abort_reason;
   for (const OpPtr& op : ops) {
     if (!err.empty()) {
@@ -673,16 +689,32 @@ ncclConfig_t nccl_config_of(const NcclOptions& o) {
 }
 
 // A creation call's outcome, finished (non-blocking mode) within the set-up bound. "" or the error.
+// `c` must be read after the call returned (the call writes it).
 std::string created(NcclState& st, ncclResult_t rc, ncclComm_t c) {
   if (rc == ncclInProgress) return st.wait_ready(c, st.opts.op_timeout_s);
   return rc == ncclSuccess ? "" : nccl_error(rc, nullptr);
+}
+
+// A non-blocking ncclCommSplit that returned ncclInProgress: NCCL writes the child's handle only once
+// the split finished (NCCL issue #1472, PyTorch waits the same way), so the parent is waited first,
+// then the handle's appearance (written by NCCL's thread: an atomic read), then the child itself.
+std::string split_finished(NcclState& st, ncclComm_t parent, ncclComm_t* child) {
+  std::string err = st.wait_ready(parent, st.opts.op_timeout_s);
+  const Clock::time_point t0 = Clock::now();
+  while (err.empty() && !__atomic_load_n(child, __ATOMIC_ACQUIRE)) {
+    if (seconds_since(t0) > kHandleWait_s)
+      return "the parent finished but NCCL did not hand out the new communicator";
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  return err.empty() ? st.wait_ready(*child, st.opts.op_timeout_s) : err;
 }
 
 std::string make_communicators(NcclState& st, const ncclUniqueId& id, bool v_placement) {
   const Topology& t = st.topo;
   ncclConfig_t config = nccl_config_of(st.opts);
   ncclComm_t& world = st.comms[int(GroupKind::World)];
-  std::string err = created(st, ncclCommInitRankConfig(&world, t.world(), id, t.rank, &config), world);
+  const ncclResult_t init = ncclCommInitRankConfig(&world, t.world(), id, t.rank, &config);
+  std::string err = created(st, init, world);
   if (!err.empty())
     return "ncclCommInitRankConfig(" + std::to_string(t.world()) + " ranks, rank " + std::to_string(t.rank) +
            ", " + st.bootstrap + "): " + err;
@@ -692,8 +724,8 @@ std::string make_communicators(NcclState& st, const ncclUniqueId& id, bool v_pla
     st.index[g] = sp.key;
     if (GroupKind(g) == GroupKind::World) continue;
     config = nccl_config_of(st.opts);
-    err = created(st, ncclCommSplit(world, sp.color, sp.key, &st.comms[g], &config), st.comms[g]);
-    if (err.empty() && !st.opts.blocking) err = st.wait_ready(world, st.opts.op_timeout_s);  // the parent too
+    const ncclResult_t rc = ncclCommSplit(world, sp.color, sp.key, &st.comms[g], &config);
+    err = rc == ncclInProgress ? split_finished(st, world, &st.comms[g]) : created(st, rc, st.comms[g]);
     if (!err.empty())
       return std::string("ncclCommSplit for the ") + group_kind_name(GroupKind(g)) + " group (colour " +
              std::to_string(sp.color) + ", key " + std::to_string(sp.key) + "): " + err;

@@ -266,21 +266,25 @@ int cuda_train_main(const Config& cfg, const LaunchEnv& env) {
     spdlog::error("{}: NCCL: {}", topo.to_string(), nc.error);
     return 2;
   }
+  // Declared outside the try (destroyed in reverse order: trainer, staged host communicator, NCCL,
+  // MPI): a CUDA error aborts the communicators and exits before any CUDA teardown, which could
+  // wait on device work that a peer will never complete (cudaFree synchronises the device).
   std::unique_ptr<Communicator> staged;
-  if (!world.comm) staged = comm_create_staged(*nc.comm, staging_cuda(), timeout);
-  Communicator& host = world.comm ? *world.comm : *staged;
-  sigterm_setup(cfg, host);
-  announce_run(cfg, topo, env, host);
-  if (topo.rank == 0)
-    spdlog::info("NCCL: {}; host reductions over {}", nc.comm->bootstrap(),
-                 mpi ? "MPI" : env.world > 1 ? "NCCL (staged)" : "the process");
+  std::unique_ptr<CudaTrainer> tr;
   try {
-    CudaTrainer tr(cfg, topo, host, *nc.comm);
-    if (!agree(host, tr.build(), timeout)) return 2;
-    if (!agree(host, tr.resume(), timeout)) return 2;
-    if (topo.rank == 0 && tr.next_step() > 1)
-      spdlog::info("resumed from {} at step {}", cfg.output.checkpoint.dir, tr.next_step());
-    return train_loop(tr, cfg, host);
+    if (!world.comm) staged = comm_create_staged(*nc.comm, staging_cuda(), timeout);
+    Communicator& host = world.comm ? *world.comm : *staged;
+    sigterm_setup(cfg, host);
+    announce_run(cfg, topo, env, host);
+    if (topo.rank == 0)
+      spdlog::info("NCCL: {}; host reductions over {}", nc.comm->bootstrap(),
+                   mpi ? "MPI" : env.world > 1 ? "NCCL (staged)" : "the process");
+    tr = std::make_unique<CudaTrainer>(cfg, topo, host, *nc.comm);
+    if (!agree(host, tr->build(), timeout)) return 2;
+    if (!agree(host, tr->resume(), timeout)) return 2;
+    if (topo.rank == 0 && tr->next_step() > 1)
+      spdlog::info("resumed from {} at step {}", cfg.output.checkpoint.dir, tr->next_step());
+    return train_loop(*tr, cfg, host);
   } catch (const cuda::CudaError& e) {
     nc.comm->abort(e.what(), 1);
   }

@@ -306,7 +306,7 @@ TEST_CASE("nccl one rank: every collective on every group, exact", "[nccl][gpu]"
     CHECK(comm->members(GroupKind(g)) == std::vector<int>{0});
   }
   const DType types[] = {DType::F32, DType::F64, DType::I32, DType::I64, DType::U8, DType::BF16};
-  const int64_t sizes[] = {0, 1, 7, 1000003};
+  const int64_t sizes[] = {0, 1, 7, (1 << 20) + 3};
   const GroupKind groups[] = {GroupKind::World, GroupKind::Tp, GroupKind::Pp, GroupKind::Dp, GroupKind::Embed};
   int64_t ops = 0;
   for (GroupKind g : groups)
@@ -378,7 +378,10 @@ TEST_CASE("nccl one rank: grouped send/recv with itself", "[nccl][gpu]") {
 // in place and not, for the dtypes it uses; or if the host input is read after the call.
 TEST_CASE("nccl one rank: host values through device staging, exact", "[nccl][gpu]") {
   STP_REQUIRE_GPU();
-  auto nccl = one_rank();
+  NcclOptions o;
+  o.blocking = GENERATE(true, false);
+  INFO((o.blocking ? "blocking" : "non-blocking") << " communicators");
+  auto nccl = one_rank(o);
   auto host = comm_create_staged(*nccl, staging_cuda(), 30);
   std::vector<double> d = {1.5, -2.25, 1e300, 0.0}, dout(4, -1);
   CommHandle h = host->all_reduce(GroupKind::World, d.data(), dout.data(), 4, DType::F64, ReduceOp::Sum);
@@ -403,6 +406,39 @@ TEST_CASE("nccl one rank: host values through device staging, exact", "[nccl][gp
   h = host->barrier(GroupKind::World);
   wait_ok(h);
   CHECK(host->whoami() == nccl->whoami());
+}
+
+// Fails if a staged operation reports completion, or writes the caller's host buffer, while its
+// device work is still held (the world stream is gated), or if a handle dropped in flight returns
+// before its device work finished (the gate opens by itself after 0.3 s) or leaves the next
+// operation anything but exact.
+TEST_CASE("nccl one rank: staged results land only after the device work, a dropped handle waits", "[nccl][gpu]") {
+  STP_REQUIRE_GPU();
+  auto nccl = one_rank();
+  auto host = comm_create_staged(*nccl, staging_cuda(), 30);
+  const auto world = static_cast<cudaStream_t>(nccl->comm_stream(GroupKind::World).stream);
+  const std::vector<double> v = {1, 2, 3};
+  std::vector<double> out(3, -1);
+  {
+    StreamGate gate(world, 20.0);
+    CommHandle h = host->all_reduce(GroupKind::World, v.data(), out.data(), 3, DType::F64, ReduceOp::Sum);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK_FALSE(h.test());
+    CHECK(out == std::vector<double>(3, -1));
+    gate.open();
+    wait_ok(h);
+    CHECK(out == v);
+  }
+  {
+    StreamGate gate(world, 0.3);
+    const auto t0 = std::chrono::steady_clock::now();
+    { CommHandle dropped = host->all_reduce(GroupKind::World, v.data(), out.data(), 3, DType::F64, ReduceOp::Sum); }
+    CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() >= 0.2);
+  }
+  std::vector<int64_t> w = {5, 6}, wout(2, -1);
+  CommHandle h = host->all_reduce(GroupKind::World, w.data(), wout.data(), 2, DType::I64, ReduceOp::Max);
+  wait_ok(h);
+  CHECK(wout == w);
 }
 
 // Fails if the operation does not wait for the work queued on the caller's stream before the call
