@@ -4,7 +4,9 @@
 //   - every grid matches the single-rank reference (model/reference.h, an independent in-process
 //     implementation) in loss per step and in gradients tensor by tensor;
 //   - the executor runs exactly the lowered program, and the braid of STP is what runs;
-//   - resume is bit-identical.
+//   - resume is bit-identical;
+//   - a run whose every operation goes through the staged host communicator (comm/staged_comm.h,
+//     the CUDA trainer's host path under torchrun) is bit-identical to one on MPI directly.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
@@ -15,6 +17,7 @@
 #include <tuple>
 
 #include "model/reference.h"
+#include "comm/staged_comm.h"
 #include "runtime/checkpoint.h"
 #include "runtime/optimizer.h"
 #include "runtime/trainer.h"
@@ -41,18 +44,20 @@ Config train_config(int tp, int pp, int dp, const std::string& schedule, int M) 
 }
 
 struct Dist {
-  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<Communicator> mpi, staged;
   std::unique_ptr<Trainer> tr;
+  Communicator& comm() const { return staged ? *staged : *mpi; }  // what the trainer uses
 };
 
-Dist make_trainer(const Config& cfg) {
+Dist make_trainer(const Config& cfg, bool staged = false) {
   Dist d;
   const Topology topo = test_topology(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.dp);
   CommCreateResult c = comm_create_mpi(test_mpi_session(), topo,
                                        pipeline_placement(cfg.schedule.name) == Placement::V);
   REQUIRE(c.comm);
-  d.comm = std::move(c.comm);
-  Trainer::Result r = Trainer::create(cfg, topo, *d.comm);
+  d.mpi = std::move(c.comm);
+  if (staged) d.staged = comm_create_staged(*d.mpi, staging_host(), cfg.train.timeout_s);
+  Trainer::Result r = Trainer::create(cfg, topo, d.comm());
   INFO(r.error);
   REQUIRE(r.trainer);
   d.tr = std::move(r.trainer);
@@ -238,7 +243,7 @@ TEST_CASE("the executor runs the lowered program op for op; STP's braid is execu
     d.tr->model().begin_step(1.0f / 1024);
     RecordingBackend rec(d.tr->model());
     TensorStore store(d.tr->desc());
-    Executor ex(d.tr->desc(), d.tr->program().pipeline, d.tr->topology().me.pp, *d.comm, ExecOptions{30.0, true});
+    Executor ex(d.tr->desc(), d.tr->program().pipeline, d.tr->topology().me.pp, d.comm(), ExecOptions{30.0, true});
     const UnitProgram& prog = d.tr->rank_program();
     const ExecResult r = ex.run(prog, rec, store);
     INFO(name << ": " << r.error);
@@ -257,6 +262,31 @@ TEST_CASE("the executor runs the lowered program op for op; STP's braid is execu
     REQUIRE(k == rec.calls.size());
     if (name == std::string("stp")) CHECK(braid_points(rec.calls) > 0);
     else CHECK(braid_points(rec.calls) == 0);
+  }
+}
+
+// Fails if the staged host communicator changes a bit of any step when it carries all of a run's
+// traffic (TP all-reduces, early-posted PP receives, DP and embedding reductions, the loss, norm
+// and statistics reductions): a result copied back too early, to the wrong place or not at all,
+// or a staging buffer reused while in flight, would change the loss or the norm.
+TEST_CASE("a run through the staged host communicator is bit-identical to MPI", "[mpi][train][staged]") {
+  const int world = test_mpi_session().world_size();
+  const int tp = world >= 4 ? 2 : 1, pp = 2, dp = world >= 8 ? 2 : 1;
+  if (tp * pp * dp != world) {
+    SUCCEED("no grid for this world size");
+    return;
+  }
+  for (const std::string name : {"stp", "zb-v"}) {
+    Config cfg = train_config(tp, pp, dp, name, common_microbatches(pp));
+    cfg.model.tie_embeddings = true;
+    std::vector<StepReport> first;
+    std::string first_name;
+    for (bool staged : {false, true}) {
+      Dist d = make_trainer(cfg, staged);
+      const std::vector<StepReport> r = run_steps(*d.tr, cfg.train.steps);
+      INFO(name << ": staged vs mpi");
+      check_same_steps(r, first, first_name, staged ? "staged" : "mpi");
+    }
   }
 }
 
