@@ -152,10 +152,6 @@ std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors) {
   return {};
 }
 
-std::string checkpoint_shard_key(int stage, const std::string& name) {
-  return "s" + std::to_string(stage) + "." + name;
-}
-
 std::string checkpoint_save(const CheckpointSite& site, const std::string& root, int64_t step,
                             const ShardMap& shard) {
   const Config& cfg = *site.cfg;
@@ -192,13 +188,36 @@ std::string checkpoint_load(const CheckpointSite& site, int64_t* step, ShardMap*
   return checkpoint_read_shard(*path, shard);
 }
 
-std::string checkpoint_take(ShardMap& shard, const std::string& path, const std::string& key,
-                            const std::vector<int64_t>& shape, std::vector<float>* out) {
-  auto it = shard.find(key);
-  if (it == shard.end()) return "checkpoint shard '" + path + "' lacks tensor " + key;
-  if (it->second.shape != shape || it->second.data.size() != out->size())
-    return "checkpoint shard '" + path + "': tensor " + key + " has another shape than this run's";
-  *out = std::move(it->second.data);
+namespace {
+
+constexpr const char* kParamSuffix[3] = {"", ".adam_m", ".adam_v"};  // value, AdamW m, AdamW v
+
+}  // namespace
+
+std::string checkpoint_shard_key(int stage, const std::string& name) {
+  return "s" + std::to_string(stage) + "." + name;
+}
+
+void checkpoint_put_param(ShardMap* shard, int stage, const std::string& name, const std::vector<int64_t>& shape,
+                          std::vector<float> value, std::vector<float> m, std::vector<float> v) {
+  const std::string k = checkpoint_shard_key(stage, name);
+  std::vector<float>* data[3] = {&value, &m, &v};
+  for (int i = 0; i < 3; ++i) (*shard)[k + kParamSuffix[i]] = ShardTensor{shape, std::move(*data[i])};
+}
+
+std::string checkpoint_take_param(ShardMap& shard, const std::string& path, int stage, const std::string& name,
+                                  const std::vector<int64_t>& shape, std::vector<float>* value,
+                                  std::vector<float>* m, std::vector<float>* v) {
+  const std::string k = checkpoint_shard_key(stage, name);
+  std::vector<float>* out[3] = {value, m, v};
+  for (int i = 0; i < 3; ++i) {
+    const std::string key = k + kParamSuffix[i];
+    auto it = shard.find(key);
+    if (it == shard.end()) return "checkpoint shard '" + path + "' lacks tensor " + key;
+    if (it->second.shape != shape || it->second.data.size() != out[i]->size())
+      return "checkpoint shard '" + path + "': tensor " + key + " has another shape than this run's";
+    *out[i] = std::move(it->second.data);
+  }
   return {};
 }
 

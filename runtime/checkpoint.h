@@ -62,8 +62,6 @@ std::string checkpoint_write_shard(const std::string& path, const ShardMap& tens
 // Reads every tensor; errors name the file and what is malformed.
 std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors);
 
-// A parameter's key in a shard: "s<stage>.<param name>" (AdamW's moments add .adam_m / .adam_v).
-std::string checkpoint_shard_key(int stage, const std::string& name);
 
 // Where a run saves and resumes (every trainer: the CPU one and the CUDA one).
 struct CheckpointSite {
@@ -82,9 +80,16 @@ std::string checkpoint_save(const CheckpointSite& site, const std::string& root,
 // checked against this run's compat object, and this rank's shard of it. *step = -1 when there is
 // none. *path is the shard file, for messages.
 std::string checkpoint_load(const CheckpointSite& site, int64_t* step, ShardMap* shard, std::string* path);
-// Shard tensor `key` moved into *out, which must already have `out->size()` elements of `shape`;
-// errors name the file and the tensor.
-std::string checkpoint_take(ShardMap& shard, const std::string& path, const std::string& key,
-                            const std::vector<int64_t>& shape, std::vector<float>* out);
+// A parameter's key in a shard: "s<stage>.<param name>".
+std::string checkpoint_shard_key(int stage, const std::string& name);
+// A parameter's three tensors in a shard: its fp32 value under checkpoint_shard_key, AdamW's m and
+// v under the same key + ".adam_m" / ".adam_v" (every trainer saves and resumes through these).
+void checkpoint_put_param(ShardMap* shard, int stage, const std::string& name, const std::vector<int64_t>& shape,
+                          std::vector<float> value, std::vector<float> m, std::vector<float> v);
+// Moves a parameter's three tensors out of the shard into value, m and v, which must already have
+// the element count of `shape`; errors name the file and the tensor.
+std::string checkpoint_take_param(ShardMap& shard, const std::string& path, int stage, const std::string& name,
+                                  const std::vector<int64_t>& shape, std::vector<float>* value,
+                                  std::vector<float>* m, std::vector<float>* v);
 
 }  // namespace stp

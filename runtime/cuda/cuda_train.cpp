@@ -200,12 +200,9 @@ std::string CudaTrainer::save_checkpoint(const std::string& root) {
   const int64_t step = next_step_ - 1;
   if (root.empty() || step < 1) return {};
   ShardMap shard;
-  for (auto& p : model_->params()) {
-    const std::string k = checkpoint_shard_key(p->stage, p->desc->name);
-    shard[k] = ShardTensor{p->local_shape, model_->download(p->master)};
-    shard[k + ".adam_m"] = ShardTensor{p->local_shape, model_->download(p->m)};
-    shard[k + ".adam_v"] = ShardTensor{p->local_shape, model_->download(p->v)};
-  }
+  for (auto& p : model_->params())
+    checkpoint_put_param(&shard, p->stage, p->desc->name, p->local_shape, model_->download(p->master),
+                         model_->download(p->m), model_->download(p->v));
   return checkpoint_save(checkpoint_site(), root, step, shard);
 }
 
@@ -216,16 +213,13 @@ std::string CudaTrainer::resume() {
   std::string path;
   std::string err = checkpoint_load(checkpoint_site(), &latest, &shard, &path);
   if (!err.empty() || latest < 0) return err;
-  std::vector<float> host(0);
   for (auto& p : model_->params()) {
-    const std::string k = checkpoint_shard_key(p->stage, p->desc->name);
-    cuda::DeviceBuffer<float>* dst[3] = {&p->master, &p->m, &p->v};
-    const char* suffix[3] = {"", ".adam_m", ".adam_v"};
-    for (int i = 0; i < 3; ++i) {
-      host.assign(size_t(p->n), 0.0f);
-      if (!(err = checkpoint_take(shard, path, k + suffix[i], p->local_shape, &host)).empty()) return err;
-      model_->upload(*dst[i], host);
-    }
+    std::vector<float> value(size_t(p->n)), m(size_t(p->n)), v(size_t(p->n));
+    err = checkpoint_take_param(shard, path, p->stage, p->desc->name, p->local_shape, &value, &m, &v);
+    if (!err.empty()) return err;
+    model_->upload(p->master, value);
+    model_->upload(p->m, m);
+    model_->upload(p->v, v);
   }
   model_->refresh_bf16();
   next_step_ = latest + 1;
