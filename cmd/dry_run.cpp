@@ -1,6 +1,5 @@
 // dry_run.cpp: `--dry-run`: the resolved config and this rank's place in the grid.
 #include <cstdio>
-#include <iostream>
 
 #include "cmd/commands.h"
 #include "scheduler/schedules.h"
@@ -22,8 +21,9 @@ void print_stages(const Config& cfg) {
   const Placement pl = pipeline_placement(cfg.schedule.name);
   std::printf("# virtual stages: %d chunk(s) per rank, %s placement\n#  stage  pp rank  holds\n", chunks,
               pl == Placement::V ? "V" : "looped");
+  // The merger follows the last vision layer, on the last vision stage (-1: no vision tower).
+  const int merge_stage = vision_geometry(cfg).stages - 1;
   int l0 = 0, v0 = 0;
-  bool merged = false;
   for (int s = 0; s < S; ++s) {
     std::string h;
     auto add = [&](const std::string& x) { h += (h.empty() ? "" : ", ") + x; };
@@ -32,10 +32,7 @@ void print_stages(const Config& cfg) {
     };
     if (s == 0) add(cfg.model.vision.enabled ? "patch embedding" : "embedding");
     if (vis[size_t(s)] > 0) add(range("vision blocks", v0, vis[size_t(s)]));
-    if (cfg.model.vision.enabled && !merged && v0 + vis[size_t(s)] == cfg.model.vision.layers) {
-      add("merger + text embedding");
-      merged = true;
-    }
+    if (s == merge_stage) add("merger + text embedding");
     if (llm[size_t(s)] > 0) add(range("layers", l0, llm[size_t(s)]));
     if (s == S - 1) add("head + loss");
     std::printf("  %5d  %7d  %s\n", s, stage_rank(pl, cfg.parallel.pp, s), h.c_str());

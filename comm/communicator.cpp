@@ -94,6 +94,13 @@ CommHandle comm_failed_handle(const CommOpInfo& info, std::string error) {
   return CommHandle(std::make_unique<FailedRequest>(info.describe(), std::move(error)));
 }
 
+CommStatus comm_any(Communicator& comm, bool mine, double timeout_s, bool* any) {
+  int32_t v = mine ? 1 : 0;
+  const CommStatus st = comm.all_reduce(GroupKind::World, &v, &v, 1, DType::I32, ReduceOp::Max).wait(timeout_s);
+  *any = st.ok() && v != 0;
+  return st;
+}
+
 bool CommHandle::test() { return !req_ || req_->test(); }
 
 std::string CommHandle::error() const { return req_ ? req_->error() : std::string(); }

@@ -161,4 +161,8 @@ class Communicator {
   virtual std::string whoami() const = 0;
 };
 
+// Collective over the world: *any = whether `mine` is true on some rank (a one-element max
+// all-reduce of an int32 in host memory, so a host backend). Returns the vote's status.
+CommStatus comm_any(Communicator& comm, bool mine, double timeout_s, bool* any);
+
 }  // namespace stp

@@ -61,7 +61,9 @@ ModelShape vision_shape(const Config& cfg, int tp_rank) {
   s.merge = v.merge_size;
   s.K = g.patch_dim;
   s.K_tp = g.patch_dim / s.tp;
-  s.Fm_tp = int64_t(v.merge_size) * v.merge_size * v.hidden / s.tp;
+  s.Nvt = s.N / (s.merge * s.merge);
+  s.Fm = s.merge * s.merge * s.C;
+  s.Fm_tp = s.Fm / s.tp;
   return s;
 }
 
@@ -142,9 +144,11 @@ void residual_inputs(UnitIo<T>& io, const T** prev_out, const T** prev_x) {
   *prev_x = from_in ? nullptr : io.in("x", p);
 }
 
-// g (n elements) = the previous backward unit's g + its reduced dx (either may be absent).
+// g (N*C elements of the unit's shape) = the previous backward unit's g + its reduced dx (either
+// may be absent).
 template <typename T>
-void residual_grad(UnitIo<T>& io, T* g, int64_t n) {
+void residual_grad(UnitIo<T>& io, T* g) {
+  const int64_t n = io.shape().N * io.shape().C;
   const std::vector<int> order = io.c.stage->backward_order();
   const auto pos = std::find(order.begin(), order.end(), io.unit);
   if (pos == order.begin()) return io.fail("no earlier backward unit");
@@ -260,6 +264,20 @@ NormNames norm_names(const std::string& prefix) { return {prefix + ".weight", pr
 // ---- In
 // -------------------------------------------------------------------------------------------
 
+// The text embedding's forward (In.F on stage 0, Merge.F; its W is embedding_weight below):
+// out (N, C) = this rank's vocabulary-shard rows of the tokens (0 for ids outside the shard, -1
+// included) + embed.pos on TP rank 0 only (a replicated term of the TP-partial). "" or the error.
+template <typename T>
+static std::string embedding_forward(UnitIo<T>& io, T* out) {
+  const ModelShape& s = *io.c.shape;
+  if (!io.c.tokens) return io.where() + ": no tokens given";
+  const T* wte = io.w("embed.weight");
+  const T* wpe = s.tp_rank == 0 ? io.w("embed.pos", true) : nullptr;
+  if (!io.ok()) return io.err;
+  cpu::embedding_forward(out, io.c.tokens, wte, wpe, s.N, s.T, s.C, s.vocab_start, s.V_tp);
+  return "";
+}
+
 template <typename T>
 static std::string in_forward(UnitIo<T>& io) {
   const ModelShape& s = io.shape();
@@ -272,19 +290,13 @@ static std::string in_forward(UnitIo<T>& io) {
     cpu::gemm(false, true, s.N, s.C, s.K_tp, T(1), patch_shard(io, s), s.K_tp, w, s.K_tp, T(0), out, s.C);
     return "";
   }
-  if (!io.c.tokens) return io.where() + ": no tokens given";
-  const T* wte = io.w("embed.weight");
-  const T* wpe = s.tp_rank == 0 ? io.w("embed.pos", true) : nullptr;
-  T* out = io.out("out");
-  if (!io.ok()) return io.err;
-  cpu::embedding_forward(out, io.c.tokens, wte, wpe, s.N, s.T, s.C, s.vocab_start, s.V_tp);
-  return "";
+  return embedding_forward(io, io.out("out"));
 }
 
 template <typename T>
 static std::string in_backward(UnitIo<T>& io) {
   T* g = io.out("g");
-  residual_grad(io, g, io.shape().N * io.shape().C);
+  residual_grad(io, g);
   return io.err;
 }
 
@@ -350,7 +362,7 @@ static std::string attn_backward(UnitIo<T>& io) {
   const ModelShape& s = io.shape();
   const std::string lp = layer_prefix(io.c.stage->units[size_t(io.unit)]);
   T* g = io.out("g");
-  residual_grad(io, g, s.N * s.C);
+  residual_grad(io, g);
   const T *x = io.in("x"), *stats = io.in("stats"), *qkv = io.in("qkv"), *lse = io.in("lse");
   const T* o = io.in("o");
   const T *nw = io.w(lp + "attn_norm.weight"), *wqkv = io.w(lp + "attn.qkv.weight");
@@ -416,7 +428,7 @@ static std::string mlp_backward(UnitIo<T>& io) {
   const ModelShape& s = io.shape();
   const std::string lp = layer_prefix(io.c.stage->units[size_t(io.unit)]);
   T* g = io.out("g");
-  residual_grad(io, g, s.N * s.C);
+  residual_grad(io, g);
   const T *x = io.in("x"), *stats = io.in("stats"), *u = io.in("u");
   const T *nw = io.w(lp + "mlp_norm.weight"), *w1 = io.w(lp + "mlp.fc1.weight");
   const T* w2 = io.w(lp + "mlp.fc2.weight");
@@ -539,24 +551,22 @@ static std::string out_forward(UnitIo<T>& io) {
 template <typename T>
 static std::string merge_forward(UnitIo<T>& io) {
   const ModelShape &s = *io.c.shape, &v = *io.c.vshape;
-  if (!io.c.tokens) return io.where() + ": no tokens given";
   const T *prev_out = nullptr, *prev_x = nullptr;
   residual_inputs(io, &prev_out, &prev_x);
   const T *nw = io.w("visual.merger.norm.weight"), *nb = io.w("visual.merger.norm.bias");
   const T *w1 = io.w("visual.merger.fc1.weight"), *b1 = io.w("visual.merger.fc1.bias");
   const T *w2 = io.w("visual.merger.fc2.weight"), *b2 = io.w("visual.merger.fc2.bias");
-  const T* wte = io.w("embed.weight");
-  const T* wpe = s.tp_rank == 0 ? io.w("embed.pos", true) : nullptr;
   T *x = io.out("x"), *stats = io.out("stats"), *n = io.out("n"), *u = io.out("u"), *a = io.out("a");
   T* out = io.out("out");
   if (!io.ok()) return io.err;
-  const int64_t m2 = v.merge * v.merge, Nvt = v.N / m2, Fm = m2 * v.C;
+  // The text embedding of every position first; the merged visual tokens then replace rows 1..vis.
+  const std::string err = embedding_forward(io, out);
+  if (!err.empty()) return err;
   cpu::layernorm_forward(n, stats, stats + v.N, x, prev_out, prev_x, nw, nb, v.N, v.C, v.eps);
-  cpu::matmul_forward(u, n, w1, b1, Nvt, Fm, v.Fm_tp);  // n viewed as (Nvt, m^2*Cv)
-  cpu::gelu_forward(a, u, Nvt * v.Fm_tp);
-  T* merged = io.c.ws->get(0, Nvt * s.C);
-  cpu::matmul_forward(merged, a, w2, s.tp_rank == 0 ? b2 : nullptr, Nvt, v.Fm_tp, s.C);
-  cpu::embedding_forward(out, io.c.tokens, wte, wpe, s.N, s.T, s.C, s.vocab_start, s.V_tp);
+  cpu::matmul_forward(u, n, w1, b1, v.Nvt, v.Fm, v.Fm_tp);  // n viewed as (Nvt, m^2*Cv)
+  cpu::gelu_forward(a, u, v.Nvt * v.Fm_tp);
+  T* merged = io.c.ws->get(0, v.Nvt * s.C);
+  cpu::matmul_forward(merged, a, w2, s.tp_rank == 0 ? b2 : nullptr, v.Nvt, v.Fm_tp, s.C);
   scatter_visual(s, out, merged);
   return "";
 }
@@ -565,19 +575,18 @@ template <typename T>
 static std::string merge_backward(UnitIo<T>& io) {
   const ModelShape &s = *io.c.shape, &v = *io.c.vshape;
   T* ge = io.out("ge");
-  residual_grad(io, ge, s.N * s.C);
+  residual_grad(io, ge);
   const T *x = io.in("x"), *stats = io.in("stats"), *u = io.in("u");
   const T *nw = io.w("visual.merger.norm.weight"), *w1 = io.w("visual.merger.fc1.weight");
   const T* w2 = io.w("visual.merger.fc2.weight");
   T *du = io.out("du"), *dn = io.out("dn"), *dx = io.out("dx");
   if (!io.ok()) return io.err;
-  const int64_t m2 = v.merge * v.merge, Nvt = v.N / m2, Fm = m2 * v.C;
-  T* gv = io.c.ws->get(0, Nvt * s.C);
+  T* gv = io.c.ws->get(0, v.Nvt * s.C);
   gather_visual(s, gv, ge);
-  T* da = io.c.ws->get(1, Nvt * v.Fm_tp);
-  cpu::matmul_backward(da, (T*)nullptr, (T*)nullptr, gv, (const T*)nullptr, w2, Nvt, v.Fm_tp, s.C, false);
-  cpu::gelu_backward(du, u, da, Nvt * v.Fm_tp);
-  cpu::matmul_backward(dn, (T*)nullptr, (T*)nullptr, du, (const T*)nullptr, w1, Nvt, Fm, v.Fm_tp, false);
+  T* da = io.c.ws->get(1, v.Nvt * v.Fm_tp);
+  cpu::matmul_backward(da, (T*)nullptr, (T*)nullptr, gv, (const T*)nullptr, w2, v.Nvt, v.Fm_tp, s.C, false);
+  cpu::gelu_backward(du, u, da, v.Nvt * v.Fm_tp);
+  cpu::matmul_backward(dn, (T*)nullptr, (T*)nullptr, du, (const T*)nullptr, w1, v.Nvt, v.Fm, v.Fm_tp, false);
   cpu::layernorm_backward_input(dx, dn, x, nw, stats, stats + v.N, v.N, v.C, false);
   return "";
 }
@@ -593,11 +602,10 @@ static std::string merge_weight(UnitIo<T>& io) {
   T *dw1 = io.dw("visual.merger.fc1.weight"), *db1 = io.dw("visual.merger.fc1.bias");
   T *dw2 = io.dw("visual.merger.fc2.weight"), *db2 = io.dw("visual.merger.fc2.bias");
   if (!io.ok()) return io.err;
-  const int64_t m2 = v.merge * v.merge, Nvt = v.N / m2, Fm = m2 * v.C;
-  T* gv = io.c.ws->get(0, Nvt * s.C);
+  T* gv = io.c.ws->get(0, v.Nvt * s.C);
   gather_visual(s, gv, ge);
-  cpu::matmul_backward((T*)nullptr, dw2, db2, gv, a, (const T*)nullptr, Nvt, v.Fm_tp, s.C, acc);
-  cpu::matmul_backward((T*)nullptr, dw1, db1, du, n, (const T*)nullptr, Nvt, Fm, v.Fm_tp, acc);
+  cpu::matmul_backward((T*)nullptr, dw2, db2, gv, a, (const T*)nullptr, v.Nvt, v.Fm_tp, s.C, acc);
+  cpu::matmul_backward((T*)nullptr, dw1, db1, du, n, (const T*)nullptr, v.Nvt, v.Fm, v.Fm_tp, acc);
   cpu::layernorm_backward_weight(dnw, dnb, dn, x, stats, stats + v.N, v.N, v.C, acc);
   // The text embedding saw only the text rows (the visual rows were replaced).
   T* gt = io.c.ws->get(2, s.N * s.C);
@@ -621,7 +629,8 @@ std::string unit_run(UnitCtx<T>& ctx, int unit, UnitPass pass) {
   const UnitDesc& u = ctx.stage->units[size_t(unit)];
   const bool has = pass == UnitPass::F ? u.has_f : pass == UnitPass::B ? u.has_b : u.has_w;
   if (!has) return io.where() + ": the unit has no such pass";
-  if (u.vision && !ctx.vshape) return io.where() + ": no vision shape given";
+  if ((u.vision || u.kind == UnitKind::Merge) && !ctx.vshape)
+    return io.where() + ": no vision shape given";
   switch (u.kind) {
     case UnitKind::In:
       return pass == UnitPass::F   ? in_forward(io)
@@ -644,7 +653,6 @@ std::string unit_run(UnitCtx<T>& ctx, int unit, UnitPass pass) {
     case UnitKind::Out:
       return pass == UnitPass::F ? out_forward(io) : std::string();  // Out.B: received
     case UnitKind::Merge:
-      if (!ctx.vshape) return io.where() + ": no vision shape given";
       return pass == UnitPass::F   ? merge_forward(io)
              : pass == UnitPass::B ? merge_backward(io)
                                    : merge_weight(io);

@@ -54,9 +54,10 @@ struct ModelShape {
   bool rope2d = false;                // the vision tower's 2-D rotary embedding (grid, merge)
   float eps = 1e-5f, theta = 10000.0f;
   // VLM. LLM shape: visual positions per sequence (1 .. vis). Vision shape: patches per side,
-  // merge size, flattened patch values K (this rank's column shard: K_tp), merger width shard.
+  // merge size, flattened patch values K (this rank's column shard: K_tp), merged visual tokens of
+  // the micro-batch Nvt = N / merge^2, merger width Fm = merge^2 * C (this rank's shard: Fm_tp).
   int64_t vis = 0;
-  int64_t grid = 0, merge = 1, K = 0, K_tp = 0, Fm_tp = 0;
+  int64_t grid = 0, merge = 1, K = 0, K_tp = 0, Nvt = 0, Fm = 0, Fm_tp = 0;
 };
 ModelShape model_shape(const Config& cfg, int tp_rank);
 // The vision tower's shape on TP rank tp_rank (b = sequences * images, T = patches per image,

@@ -161,15 +161,14 @@ std::string checkpoint_save(const CheckpointSite& site, const std::string& root,
   std::string err = ec ? "cannot create '" + dir + "': " + ec.message() : std::string();
   if (err.empty()) err = checkpoint_write_shard((std::filesystem::path(dir) / checkpoint_shard_name(site.rank)).string(), shard);
   // The vote: rank 0 writes the manifest only when every shard is on disk.
-  int32_t bad = err.empty() ? 0 : 1;
-  const CommStatus st =
-      site.comm->all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max).wait(cfg.train.timeout_s);
+  bool bad = false;
+  const CommStatus st = comm_any(*site.comm, !err.empty(), cfg.train.timeout_s, &bad);
   const std::string where = "checkpoint step " + std::to_string(step) + ": ";
   if (!err.empty()) return where + err;
   if (!st.ok()) return where + st.error;
   if (bad) return where + "another rank failed to write its shard";
   if (site.rank != 0) return {};
-  const int64_t next_seq = step * int64_t(cfg.parallel.dp) * cfg.schedule.microbatches * cfg.schedule.micro_batch_size;
+  const int64_t next_seq = step * config_sequences_per_step(cfg);
   const nlohmann::json man = checkpoint_manifest(cfg, site.chunks, site.placement, step, next_seq, site.world);
   return write_file_atomic(dir, "manifest.json", man.dump(2));
 }

@@ -10,9 +10,9 @@ namespace stp {
 // ---- TensorStore ---------------------------------------------------------------------------------
 
 float* TensorStore::get(int stage, int mb, int t) {
-  auto it = map_.find(key(stage, mb, t));
+  auto it = map_.find(tensor_key(stage, mb, t));
   if (it != map_.end()) return it->second.buf.data();
-  Entry& e = map_[key(stage, mb, t)];
+  Entry& e = map_[tensor_key(stage, mb, t)];
   e.buf.assign(size_t(elems(stage, t)), 0.0f);
   live_bytes_ += int64_t(e.buf.size()) * 4;
   peak_bytes_ = std::max(peak_bytes_, live_bytes_);
@@ -20,14 +20,14 @@ float* TensorStore::get(int stage, int mb, int t) {
 }
 
 float* TensorStore::read(int stage, int mb, int t) {
-  auto it = map_.find(key(stage, mb, t));
+  auto it = map_.find(tensor_key(stage, mb, t));
   return it != map_.end() && it->second.counted ? it->second.buf.data() : nullptr;
 }
 
-bool TensorStore::has(int stage, int mb, int t) const { return map_.count(key(stage, mb, t)) > 0; }
+bool TensorStore::has(int stage, int mb, int t) const { return map_.count(tensor_key(stage, mb, t)) > 0; }
 
 void TensorStore::release(int stage, int mb, int t, bool keep_buffer) {
-  auto it = map_.find(key(stage, mb, t));
+  auto it = map_.find(tensor_key(stage, mb, t));
   if (it == map_.end() || !it->second.counted) return;
   live_bytes_ -= int64_t(it->second.buf.size()) * 4;
   it->second.counted = false;
@@ -35,19 +35,20 @@ void TensorStore::release(int stage, int mb, int t, bool keep_buffer) {
 }
 
 void TensorStore::drop_buffer(int stage, int mb, int t) {
-  auto it = map_.find(key(stage, mb, t));
+  auto it = map_.find(tensor_key(stage, mb, t));
   if (it != map_.end() && !it->second.counted) map_.erase(it);
+}
+
+std::string tensor_key_name(const ModelDesc& desc, uint64_t key) {
+  const int stage = int(key >> 44), mb = int((key >> 22) & 0x3fffff), t = int(key & 0x3fffff);
+  return "s" + std::to_string(stage) + " mb" + std::to_string(mb) + " " +
+         desc.stages[size_t(stage)].tensors[size_t(t)].name;
 }
 
 std::vector<std::string> TensorStore::live_names() const {
   std::vector<std::string> names;
-  for (const auto& kv : map_) {
-    if (!kv.second.counted) continue;
-    const int stage = int(kv.first >> 44), mb = int((kv.first >> 22) & 0x3fffff),
-              t = int(kv.first & 0x3fffff);
-    names.push_back("s" + std::to_string(stage) + " mb" + std::to_string(mb) + " " +
-                    desc_->stages[stage].tensors[t].name);
-  }
+  for (const auto& kv : map_)
+    if (kv.second.counted) names.push_back(tensor_key_name(*desc_, kv.first));
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -66,11 +67,6 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 Executor::Executor(const ModelDesc& desc, const PipelineProgram& pipeline, int rank,
                    Communicator& comm, ExecOptions opts)
     : desc_(desc), pipeline_(pipeline), rank_(rank), comm_(comm), opts_(opts) {}
-
-bool Executor::local_stage(int stage) const {
-  return stage >= 0 && stage < pipeline_.stages() &&
-         stage_rank(pipeline_.placement, pipeline_.pp, stage) == rank_;
-}
 
 std::string Executor::where(const UnitProgram& prog, int i) const {
   return comm_.whoami() + ", op " + std::to_string(i) + " (" + op_to_string(prog.ops[i], desc_) + ")";
@@ -143,22 +139,10 @@ std::string Executor::step_op(const UnitProgram& prog, int i, ExecBackend& backe
 
 std::string Executor::do_compute(const Op& op, ExecBackend& backend, TensorStore& store,
                                  ExecResult& res) {
-  const StageDesc& sd = desc_.stages[op.stage];
-  const UnitDesc& u = sd.units[op.unit.unit];
-  // Local hand-over across a stage boundary that lives on this rank (the V turn).
-  if (u.kind == UnitKind::In && op.unit.pass == UnitPass::F && !sd.first && local_stage(op.stage - 1)) {
-    const StageDesc& prev = desc_.stages[op.stage - 1];
-    const int src = prev.find_tensor("x", int(prev.units.size()) - 1), dst = sd.find_tensor("out", op.unit.unit);
-    if (src < 0 || dst < 0) return "V turn: stage output/input tensor missing from the table";
-    std::memcpy(store.get(op.stage, op.mb, dst), store.get(op.stage - 1, op.mb, src),
-                sizeof(float) * size_t(store.elems(op.stage, dst)));
-  }
-  if (u.kind == UnitKind::Out && op.unit.pass == UnitPass::B && local_stage(op.stage + 1)) {
-    const StageDesc& next = desc_.stages[op.stage + 1];
-    const int src = next.find_tensor("g", 0), dst = sd.find_tensor("g", op.unit.unit);
-    if (src < 0 || dst < 0) return "V turn: stage input-gradient tensor missing from the table";
-    std::memcpy(store.get(op.stage, op.mb, dst), store.get(op.stage + 1, op.mb, src),
-                sizeof(float) * size_t(store.elems(op.stage, dst)));
+  if (const std::optional<VTurn> v = v_turn_of(desc_, pipeline_, rank_, op.stage, op.unit)) {
+    if (!v->error.empty()) return v->error;
+    std::memcpy(store.get(op.stage, op.mb, v->dst), store.get(v->src_stage, op.mb, v->src),
+                sizeof(float) * size_t(store.elems(op.stage, v->dst)));
   }
   const Clock::time_point t0 = Clock::now();
   std::string err = backend.compute(op.stage, op.mb, op.unit, store);
@@ -251,6 +235,32 @@ void Executor::reap_sends(TensorStore& store, bool block, std::string* err) {
     if (s.freed) store.drop_buffer(s.stage, s.mb, s.tensor);
   }
   sends_.resize(w);
+}
+
+std::optional<VTurn> v_turn_of(const ModelDesc& desc, const PipelineProgram& pipe, int rank, int stage,
+                               UnitRef u) {
+  const auto local = [&](int s) {
+    return s >= 0 && s < int(desc.stages.size()) && stage_rank(pipe.placement, pipe.pp, s) == rank;
+  };
+  const StageDesc& sd = desc.stages[size_t(stage)];
+  const UnitKind k = sd.units[size_t(u.unit)].kind;
+  VTurn v;
+  if (k == UnitKind::In && u.pass == UnitPass::F && !sd.first && local(stage - 1)) {
+    const StageDesc& prev = desc.stages[size_t(stage - 1)];
+    v.src_stage = stage - 1;
+    v.src = prev.find_tensor("x", int(prev.units.size()) - 1);
+    v.dst = sd.find_tensor("out", u.unit);
+  } else if (k == UnitKind::Out && u.pass == UnitPass::B && local(stage + 1)) {
+    v.src_stage = stage + 1;
+    v.src = desc.stages[size_t(stage + 1)].find_tensor("g", 0);
+    v.dst = sd.find_tensor("g", u.unit);
+  } else {
+    return std::nullopt;
+  }
+  if (v.src < 0 || v.dst < 0)
+    v.error = "V turn: a tensor of the stage " + std::to_string(v.src_stage) + " -> " + std::to_string(stage) +
+              " hand-over is missing from the table";
+  return v;
 }
 
 GroupKind comm_group_of(CommGroup g) {

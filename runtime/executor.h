@@ -6,7 +6,7 @@
 //                TensorStore. Before In.F of a stage whose previous stage is on this rank (the V
 //                turn, or pp = 1 with several chunks) the previous stage's Out.x is copied into
 //                In.out; before Out.B of a stage whose next stage is local, In.g of the next stage
-//                into Out.g. No Send/Recv crosses a rank boundary that does not exist.
+//                into Out.g (v_turn_of). No Send/Recv crosses a rank boundary that does not exist.
 //     CommStart  a TP collective on the op's tensor (in place, op.elems elements), or with tensor
 //                -1 the end-of-iteration gradient reduction over TP or DP (ExecBackend spans),
 //                started only after the previous one finished (the tp stream is a FIFO and both
@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -45,6 +46,13 @@ struct FloatSpan {
   float* data = nullptr;
   int64_t n = 0;
 };
+
+// One map key for an activation tensor: (stage, micro-batch, tensor index), 22 bits each for the
+// micro-batch and the index. tensor_key_name() names it for leak reports: "s1 mb3 attn2.qkv".
+inline uint64_t tensor_key(int stage, int mb, int t) {
+  return (uint64_t(uint32_t(stage)) << 44) | (uint64_t(uint32_t(mb)) << 22) | uint64_t(uint32_t(t));
+}
+std::string tensor_key_name(const ModelDesc& desc, uint64_t key);
 
 // The activation tensors of one rank, keyed by (stage, micro-batch, tensor index). It is the model
 // units' TensorSource; unlike the model's ActivationStore it frees in stream order (see Memory).
@@ -67,9 +75,6 @@ class TensorStore final : public TensorSource<float> {
   std::vector<std::string> live_names() const;
 
  private:
-  static uint64_t key(int stage, int mb, int t) {
-    return (uint64_t(uint32_t(stage)) << 44) | (uint64_t(uint32_t(mb)) << 22) | uint64_t(uint32_t(t));
-  }
   struct Entry {
     std::vector<float> buf;
     bool counted = true;  // counted in live_bytes (false: kept only for a send in flight)
@@ -81,6 +86,18 @@ class TensorStore final : public TensorSource<float> {
 
 // The communicator group of a unit program's comm op (None: the world).
 GroupKind comm_group_of(CommGroup g);
+
+// The V turn (Compute above): the local copy before unit pass `u` of `stage` on pipeline rank
+// `rank`, within one micro-batch -- tensor `src` of stage `src_stage` into tensor `dst` of `stage`.
+// In.F of a stage whose previous stage is on `rank` reads that stage's last unit's "x" into its
+// "out"; Out.B of a stage whose next stage is on `rank` reads the next stage's "g" (unit 0) into its
+// "g". nullopt when the pass has no hand-over; `error` set when the table lacks either tensor.
+struct VTurn {
+  int src_stage = -1, src = -1, dst = -1;
+  std::string error;
+};
+std::optional<VTurn> v_turn_of(const ModelDesc& desc, const PipelineProgram& pipe, int rank, int stage,
+                               UnitRef u);
 
 // What the executor needs from the model.
 class ExecBackend {
@@ -136,7 +153,6 @@ class Executor {
   std::string do_free(const Op& op, TensorStore& store);
   void reap_sends(TensorStore& store, bool block, std::string* err);
   std::string where(const UnitProgram& prog, int i) const;
-  bool local_stage(int stage) const;
 
   const ModelDesc& desc_;
   const PipelineProgram& pipeline_;

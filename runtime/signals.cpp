@@ -30,14 +30,10 @@ std::string sigterm_install() {
 bool sigterm_received() { return g_sigterm.load(std::memory_order_relaxed) != 0; }
 
 bool sigterm_agree(Communicator& comm, double timeout_s, std::string* error) {
-  int32_t any = sigterm_received() ? 1 : 0;
-  CommHandle h = comm.all_reduce(GroupKind::World, &any, &any, 1, DType::I32, ReduceOp::Max);
-  const CommStatus st = h.wait(timeout_s);
-  if (!st.ok()) {
-    *error = "SIGTERM vote: " + st.error;
-    return false;
-  }
-  return any != 0;
+  bool any = false;
+  const CommStatus st = comm_any(comm, sigterm_received(), timeout_s, &any);
+  if (!st.ok()) *error = "SIGTERM vote: " + st.error;
+  return any;
 }
 
 }  // namespace stp

@@ -57,11 +57,10 @@ void abort_job(Communicator& comm, const std::string& message, double timeout_s)
 
 bool agree(Communicator& comm, const std::string& my_error, double timeout_s) {
   if (!my_error.empty()) spdlog::error("{}: {}", comm.whoami(), my_error);
-  int32_t bad = my_error.empty() ? 0 : 1;
-  CommHandle h = comm.all_reduce(GroupKind::World, &bad, &bad, 1, DType::I32, ReduceOp::Max);
-  CommStatus st = h.wait(timeout_s);
+  bool bad = false;
+  const CommStatus st = comm_any(comm, !my_error.empty(), timeout_s, &bad);
   if (!st.ok()) abort_job(comm, "set-up: " + st.error, timeout_s);
-  return bad == 0;
+  return !bad;
 }
 
 void sigterm_setup(const Config& cfg, Communicator& comm) {
@@ -88,6 +87,8 @@ void announce_run(const Config& cfg, const Topology& topo, const LaunchEnv& env,
 
 int train_loop(StepRunner& tr, const Config& cfg, Communicator& comm) {
   const bool lead = comm.world_rank() == 0;
+  if (!agree(comm, tr.resume(), cfg.train.timeout_s)) return 2;
+  if (lead && tr.next_step() > 1) spdlog::info("resumed from {} at step {}", cfg.output.checkpoint.dir, tr.next_step());
   MetricsWriter metrics;
   if (lead && cfg.output.metrics) {
     const std::string err = metrics.open(cfg.output.dir, tr.next_step() > 1);

@@ -1,7 +1,8 @@
 // train_loop.h: the step loop both trainers run (the CPU Trainer, runtime/trainer.h, and the CUDA
 // trainer, runtime/cuda/cuda_train.h), and the set-up agreement around it.
 //
-// train_loop(): steps until train.steps, then the summary; returns the exit code.
+// train_loop(): train.resume (every rank agrees on the outcome; a failure anywhere exits 2), then
+// steps until train.steps, then the summary; returns the exit code.
 //   - rank 0 writes metrics.jsonl (a resumed run appends) and the step log line; the step object
 //     carries "device" ("cpu" or "cuda");
 //   - output.trace records the first kTraceSteps steps of every rank's streams (Chrome trace);

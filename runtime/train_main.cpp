@@ -44,9 +44,6 @@ int train_main(const Config& cfg, const LaunchEnv& env) {
   announce_run(cfg, topo, env, *comm);
   Trainer::Result tr = Trainer::create(cfg, topo, *comm);
   if (!agree(*comm, tr.error, cfg.train.timeout_s)) return 2;
-  if (!agree(*comm, tr.trainer->resume(), cfg.train.timeout_s)) return 2;
-  if (topo.rank == 0 && tr.trainer->next_step() > 1)
-    spdlog::info("resumed from {} at step {}", cfg.output.checkpoint.dir, tr.trainer->next_step());
   return train_loop(*tr.trainer, cfg, *comm);
 }
 

@@ -27,9 +27,55 @@ double peak_rss_bytes() {
   return double(ru.ru_maxrss) * 1024.0;
 }
 
-constexpr int kStats = 9;  // doubles per rank in RankStepStats
+constexpr int kStats = 9;  // doubles per rank in RankStepStats, gathered as one F64 block
+static_assert(sizeof(RankStepStats) == kStats * sizeof(double), "RankStepStats is gathered as doubles");
 
 }  // namespace
+
+int64_t step_tokens(const Config& cfg) { return config_sequences_per_step(cfg) * cfg.model.seq_len; }
+
+int64_t step_loss_tokens(const Config& cfg) {
+  return config_sequences_per_step(cfg) * config_loss_tokens_per_sequence(cfg);
+}
+
+double step_loss_reduce(Communicator& comm, const Config& cfg, int dp_rank, const std::vector<double>& mb_sums,
+                        std::string* error) {
+  const int M = cfg.schedule.microbatches;
+  std::vector<double> slots(size_t(cfg.parallel.dp) * M, 0.0);
+  std::copy(mb_sums.begin(), mb_sums.end(), slots.begin() + ptrdiff_t(dp_rank) * M);
+  CommHandle h = comm.all_reduce(GroupKind::World, slots.data(), slots.data(), int64_t(slots.size()), DType::F64,
+                                 ReduceOp::Sum);
+  const CommStatus st = h.wait(cfg.train.timeout_s);
+  if (!st.ok()) {
+    *error = "loss: " + st.error;
+    return 0;
+  }
+  double sum = 0;
+  for (double x : slots) sum += x;
+  return sum / double(step_loss_tokens(cfg));
+}
+
+std::string step_clip_and_lr(const Config& cfg, StepReport* r, bool* fatal) {
+  if (!std::isfinite(r->loss) || !std::isfinite(r->grad_norm)) {
+    *fatal = false;
+    return "step " + std::to_string(r->step) + ": the " + (std::isfinite(r->loss) ? "gradient norm" : "loss") +
+           " is " + std::to_string(std::isfinite(r->loss) ? r->grad_norm : r->loss) +
+           " (not finite); stopping before the update, the last checkpoint is untouched";
+  }
+  const double clip = cfg.train.grad_clip;
+  r->clip_scale = clip > 0 ? std::min(1.0, clip / (r->grad_norm + 1e-6)) : 1.0;
+  r->lr = lr_at(cfg.train, r->step);
+  return {};
+}
+
+std::string step_gather_stats(Communicator& comm, const RankStepStats& mine, double timeout_s, StepReport* r) {
+  std::vector<RankStepStats> all(size_t(comm.world_size()));
+  CommHandle h = comm.all_gather(GroupKind::World, &mine, all.data(), kStats, DType::F64);
+  const CommStatus st = h.wait(timeout_s);
+  if (!st.ok()) return "step statistics: " + st.error;
+  r->ranks = std::move(all);
+  return {};
+}
 
 Trainer::~Trainer() = default;
 
@@ -81,11 +127,6 @@ std::string Trainer::build() {
   return {};
 }
 
-int64_t Trainer::loss_tokens() const {
-  return int64_t(cfg_.parallel.dp) * cfg_.schedule.microbatches * cfg_.schedule.micro_batch_size *
-         config_loss_tokens_per_sequence(cfg_);
-}
-
 std::string Trainer::load_batches(int64_t step) {
   if (!data_) return {};
   const int T = cfg_.model.seq_len, b = cfg_.schedule.micro_batch_size;
@@ -109,24 +150,6 @@ std::string Trainer::sync_tied() {
   return st.ok() ? std::string() : "tied embedding gradient: " + st.error;
 }
 
-// Mean token loss: micro-batch sums in (dp, mb) slots, filled by the last stage's TP rank 0.
-double Trainer::step_loss(std::string* error) {
-  const int M = cfg_.schedule.microbatches, dp = cfg_.parallel.dp;
-  std::vector<double> slots(size_t(dp) * M, 0.0);
-  if (model_->holds_last() && topo_.me.tp == 0)
-    for (int m = 0; m < M; ++m) slots[size_t(topo_.me.dp) * M + m] = model_->loss_sum(m);
-  CommHandle h = comm_.all_reduce(GroupKind::World, slots.data(), slots.data(), int64_t(slots.size()),
-                                  DType::F64, ReduceOp::Sum);
-  CommStatus st = h.wait(cfg_.train.timeout_s);
-  if (!st.ok()) {
-    *error = "loss: " + st.error;
-    return 0;
-  }
-  double sum = 0;
-  for (double x : slots) sum += x;
-  return sum / double(loss_tokens());
-}
-
 double Trainer::grad_norm(std::string* error) {
   std::vector<double> local(size_t(norm_plan_->vector_size()), 0.0);
   for (const LocalParam& lp : model_->local_params())
@@ -143,22 +166,17 @@ void Trainer::update(int64_t step, float scale) {
   }
 }
 
-std::string Trainer::gather_stats(StepReport* r) {
-  const double state = double(model_->local_elems()) * 16.0;
-  const double mine[kStats] = {state + double(last_exec_.peak_act_bytes) + double(model_->side_buffer_peak_bytes()),
-                               double(last_exec_.peak_act_bytes), double(model_->side_buffer_peak_bytes()),
-                               last_exec_.exposed_comm_s, last_exec_.exposed_tp_s, last_exec_.exposed_pp_s,
-                               last_exec_.exposed_dp_s, last_exec_.compute_s, peak_rss_bytes()};
-  std::vector<double> all(size_t(kStats) * comm_.world_size());
-  CommHandle h = comm_.all_gather(GroupKind::World, mine, all.data(), kStats, DType::F64);
-  CommStatus st = h.wait(cfg_.train.timeout_s);
-  if (!st.ok()) return "step statistics: " + st.error;
-  r->ranks.resize(size_t(comm_.world_size()));
-  for (size_t k = 0; k < r->ranks.size(); ++k) {
-    const double* x = all.data() + k * kStats;
-    r->ranks[k] = RankStepStats{x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8]};
-  }
-  return {};
+RankStepStats Trainer::my_stats() const {
+  const double act = double(last_exec_.peak_act_bytes), side = double(model_->side_buffer_peak_bytes());
+  return RankStepStats{double(model_->local_elems()) * 16.0 + act + side,
+                       act,
+                       side,
+                       last_exec_.exposed_comm_s,
+                       last_exec_.exposed_tp_s,
+                       last_exec_.exposed_pp_s,
+                       last_exec_.exposed_dp_s,
+                       last_exec_.compute_s,
+                       peak_rss_bytes()};
 }
 
 std::string Trainer::step(StepReport* r, bool* fatal) {
@@ -167,29 +185,23 @@ std::string Trainer::step(StepReport* r, bool* fatal) {
   *fatal = true;
   *r = StepReport{};
   r->step = s;
-  r->tokens = int64_t(cfg_.parallel.dp) * cfg_.schedule.microbatches * cfg_.schedule.micro_batch_size *
-              cfg_.model.seq_len;
+  r->tokens = step_tokens(cfg_);
   std::string err = load_batches(s);
   if (!err.empty()) return err;
-  model_->begin_step(float(1.0 / double(loss_tokens())));
+  model_->begin_step(float(1.0 / double(step_loss_tokens(cfg_))));
   last_exec_start_ = Clock::now();
   last_exec_ = exec_->run(rank_program(), *model_, *store_);
   if (!last_exec_.ok()) return "step " + std::to_string(s) + ": " + last_exec_.error;
   if (!(err = model_->end_step()).empty() || !(err = sync_tied()).empty()) return err;
   r->grad_norm = grad_norm(&err);
-  if (err.empty()) r->loss = step_loss(&err);
+  std::vector<double> mb_sums;
+  if (model_->holds_last() && topo_.me.tp == 0)
+    for (int m = 0; m < cfg_.schedule.microbatches; ++m) mb_sums.push_back(model_->loss_sum(m));
+  if (err.empty()) r->loss = step_loss_reduce(comm_, cfg_, topo_.me.dp, mb_sums, &err);
   if (!err.empty()) return "step " + std::to_string(s) + ": " + err;
-  if (!std::isfinite(r->loss) || !std::isfinite(r->grad_norm)) {
-    *fatal = false;  // every rank sees the same loss and norm
-    return "step " + std::to_string(s) + ": the " + (std::isfinite(r->loss) ? "gradient norm" : "loss") +
-           " is " + std::to_string(std::isfinite(r->loss) ? r->grad_norm : r->loss) +
-           " (not finite); stopping before the update, the last checkpoint is untouched";
-  }
-  const double clip = cfg_.train.grad_clip;
-  r->clip_scale = clip > 0 ? std::min(1.0, clip / (r->grad_norm + 1e-6)) : 1.0;
-  r->lr = lr_at(cfg_.train, s);
+  if (!(err = step_clip_and_lr(cfg_, r, fatal)).empty()) return err;
   update(s, float(r->clip_scale));
-  if (!(err = gather_stats(r)).empty()) return err;
+  if (!(err = step_gather_stats(comm_, my_stats(), cfg_.train.timeout_s, r)).empty()) return err;
   r->step_time_s = since(t0);
   next_step_ = s + 1;
   return {};

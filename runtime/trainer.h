@@ -67,11 +67,31 @@ struct StepReport {
   std::vector<RankStepStats> ranks;
 };
 
+// ---- the host half of a step, the same for every trainer (CPU and CUDA) -------------------------
+
+// Tokens of the step's global batch, dp*M*b*T, and those with a loss, dp*M*b*T'.
+int64_t step_tokens(const Config& cfg);
+int64_t step_loss_tokens(const Config& cfg);
+// The step's mean token loss. `mb_sums`: this rank's micro-batch loss sums when it is the last
+// stage's TP rank 0, empty on every other rank. They fill the (dp, mb) slots of a world all-reduce,
+// summed in slot order and divided by step_loss_tokens. Sets *error on a failed reduction.
+double step_loss_reduce(Communicator& comm, const Config& cfg, int dp_rank, const std::vector<double>& mb_sums,
+                        std::string* error);
+// After r's loss and gradient norm are known: a non-finite one stops the run before the update (the
+// returned error; *fatal = false, since every rank sees the same values); otherwise sets r's clip
+// scale and learning rate.
+std::string step_clip_and_lr(const Config& cfg, StepReport* r, bool* fatal);
+// Every rank's statistics into r->ranks (index = global rank). "" or the error.
+std::string step_gather_stats(Communicator& comm, const RankStepStats& mine, double timeout_s, StepReport* r);
+
 // What the step loop (runtime/train_loop.h) drives: the CPU Trainer below and the CUDA trainer.
 class StepRunner {
  public:
   virtual ~StepRunner() = default;
   virtual const char* device() const = 0;  // "cpu" | "cuda"
+  // train.resume: loads the latest complete checkpoint under output.checkpoint.dir, if any
+  // (collective); "" or the error.
+  virtual std::string resume() = 0;
   virtual int64_t next_step() const = 0;
   // Runs step next_step(); "" or the error, *fatal = whether some ranks may not have seen it.
   virtual std::string step(StepReport* report, bool* fatal) = 0;
@@ -90,8 +110,7 @@ class Trainer final : public StepRunner {
   static Result create(const Config& cfg, const Topology& topo, Communicator& comm);
   ~Trainer() override;
 
-  // train.resume: loads the latest complete checkpoint under output.checkpoint.dir, if any.
-  std::string resume();
+  std::string resume() override;
   // Runs step next_step(). On error, *fatal says whether other ranks may be stuck (abort the job).
   std::string step(StepReport* report, bool* fatal) override;
   int64_t next_step() const override { return next_step_; }
@@ -117,12 +136,10 @@ class Trainer final : public StepRunner {
   Trainer(const Config& cfg, const Topology& topo, Communicator& comm) : cfg_(cfg), topo_(topo), comm_(comm) {}
   std::string build();
   std::string load_batches(int64_t step);
-  int64_t loss_tokens() const;  // tokens with a loss in the global batch (dp*M*b*(T - visual))
   std::string sync_tied();
-  double step_loss(std::string* error);
   double grad_norm(std::string* error);
   void update(int64_t step, float scale);
-  std::string gather_stats(StepReport* r);
+  RankStepStats my_stats() const;
 
   Config cfg_;
   Topology topo_;

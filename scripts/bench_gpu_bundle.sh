@@ -5,10 +5,9 @@
 #   scripts/bench_gpu_bundle.sh [build-dir]     (default build-c; builds test_cuda and stp-train first)
 #
 # Writes <build-dir>/gpu_bundle.tar.xz holding test_cuda, stp-train and every shared library they
-# need except
-# the C runtime and the NVIDIA libraries found on the GPU machine (libc/libm/libstdc++/libgcc_s/
-# libdl/libpthread/librt/ld-linux, libcuda, libcublas*, libcudnn*, libnvrtc*, libnccl*). The
-# libcudart this build was linked against travels with it. gpu_check.sh unpacks it and puts
+# need except the C runtime and the NVIDIA libraries found on the GPU machine (libc/libm/libstdc++/
+# libgcc_s/libdl/libpthread/librt/ld-linux, libcuda, libcublas*, libcudnn*, libnvrtc*, libnccl*).
+# The libcudart this build was linked against travels with it. gpu_check.sh unpacks it and puts
 # lib/ first on LD_LIBRARY_PATH. Carry: <build-dir>/gpu_bundle.tar.xz (about 12 MB).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +33,6 @@ for b in "${BINS[@]}"; do ldd "$BUILD/$b"; done | awk '/=>/ {print $1, $3}' | so
 done
 git -C "$ROOT" rev-parse --short HEAD > "$STAGE/BUILD_INFO" 2>/dev/null || echo unknown > "$STAGE/BUILD_INFO"
 date -u +%FT%TZ >> "$STAGE/BUILD_INFO"
-ls "$STAGE/lib" | sed 's/^/# bundled: /'
+find "$STAGE/lib" -type f -printf '# bundled: %f\n' | sort
 tar -C "$BUILD" -cJf "$BUILD/gpu_bundle.tar.xz" gpu_bundle
 du -h "$BUILD/gpu_bundle.tar.xz" | awk '{print "# bundle: " $2 " (" $1 ")"}'

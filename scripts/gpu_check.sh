@@ -4,16 +4,18 @@
 # Runs on a GPU machine with the NVIDIA driver, the CUDA 13 libraries (cuBLASLt, NVRTC; cuDNN 9
 # from the toolkit or PyTorch's wheels) and PyTorch, but none of our Debian packages and no network.
 # It runs binaries built elsewhere: scripts/bench_gpu_bundle.sh makes build-c/gpu_bundle.tar.xz
-# (test_cuda + the non-NVIDIA shared libraries it needs). Steps, each with its own PASS/FAIL/
-# SKIPPED line and time limit, each in its own process so one crash does not stop the rest:
-#   1. device and library discovery (ldd must resolve everything)
+# (test_cuda, stp-train and the non-NVIDIA shared libraries they need). Steps, each with its own
+# PASS/FAIL/SKIPPED line and time limit, each in its own process so one crash does not stop the rest:
+#   1. device and library discovery (ldd must resolve everything test_cuda and stp-train need)
 #   2. the kernel harness, one process per area: test_cuda "[cuda][<area>]"
-#   2b. train.device=cuda (issue 7): test_cuda "[cuda][train]" (20 steps through NCCL against the CPU
-#      trainer, bounds in tests/cuda/test_cuda_train.cpp), then stp-train itself on the tiny GPT at
+#   2b. train.device=cuda (issue 7): test_cuda "[cuda][train]", two cases of 20 steps through NCCL
+#      against the CPU trainer at tp=pp=dp=1 (the tiny GPT on 1F1B and its llama-style twin on ZB-V;
+#      bounds in tests/cuda/test_cuda_train.cpp), then stp-train itself on the tiny GPT at
 #      tp=pp=dp=1 with device cpu and device cuda, both loss curves, tokens/s, MFU (H200 peak) and
 #      peak memory side by side. stp-train comes from the bundle (gpu_bundle/stp-train) or
-#      STP_TRAIN_BIN; without one the step says SKIPPED.
+#      STP_TRAIN_BIN; without one 2b's stp-train part and 2c say SKIPPED.
 #   2c. SIGTERM on the CUDA path: exit 143 with the checkpoint of the last step, then train.resume
+#      (tests/cuda/sigterm.sh)
 #   3. benchmarks: large GEMM and one training step of gpt-125m, gpt-1.3b, llama7b-slice,
 #      ours (test_cuda "[.bench]") and the PyTorch eager reference (scripts/bench_gpu.py)
 #   4. a short table (stp vs torch: step time, tokens/s, TFLOPS, MFU, ratio)
@@ -74,6 +76,7 @@ else
   result "FAIL    bundle ($BUNDLE missing or unreadable: run scripts/bench_gpu_bundle.sh and carry it)"
   BIN=""
 fi
+TRAIN_BIN=${STP_TRAIN_BIN:-$WORK/gpu_bundle/stp-train}
 
 # Directories holding the NVIDIA libraries the bundle leaves out: the toolkit, then Python wheels.
 find_lib_dir() {
@@ -98,12 +101,13 @@ for lib in libcublasLt.so.13 libnvrtc.so.13 libcudnn.so.9 libnccl.so.2; do
 done
 export LD_LIBRARY_PATH=$LIBPATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if [ -n "$BIN" ]; then
-  missing=$(ldd "$BIN" "$WORK/gpu_bundle/stp-train" 2>&1 | grep "not found")
+  deps=$(ldd "$BIN" "$TRAIN_BIN" 2>&1)
+  echo "$deps" >> "$LOG"
+  missing=$(grep -o '[^[:space:]].*not found' <<<"$deps")
   if [ -n "$missing" ]; then
-    result "FAIL    libraries: $(echo $missing | tr '\n' ' ')"
+    result "FAIL    libraries: $(tr '\n' ' ' <<<"$missing")"
   else
     result "PASS    libraries (ldd resolves every dependency)"
-    ldd "$BIN" "$WORK/gpu_bundle/stp-train" >> "$LOG" 2>&1
   fi
 fi
 
@@ -124,7 +128,6 @@ fi
 if [ -n "$BIN" ]; then
   run_check "cuda train vs cpu (test)" 240 "$BIN" "[cuda][train]" --durations yes
 fi
-TRAIN_BIN=${STP_TRAIN_BIN:-$WORK/gpu_bundle/stp-train}
 if [ -x "$TRAIN_BIN" ]; then
   for dev in cpu cuda; do
     rm -rf "$OUT/train_$dev"
@@ -158,13 +161,10 @@ for name, st, raw in (("cpu", steps_c, cpu), ("cuda", steps_g, gpu)):
     print(f"  {name:5s} tokens/s {tps:10.0f}  MFU {100 * mfu:6.3f}%  peak mem {mem / 2**20:8.2f} MiB  "
           f"exposed comm {1e3 * exp:.3f} ms/step")
 EOF
-else
-  result "SKIPPED stp-train cpu vs cuda (no $TRAIN_BIN: add stp-train to the bundle or set STP_TRAIN_BIN)"
-fi
-
-# ---- 2c. SIGTERM on the CUDA path: checkpoint of the last step, exit 143, resume (tests/cuda/sigterm.sh) ----
-if [ -x "$TRAIN_BIN" ]; then
+  # ---- 2c. SIGTERM on the CUDA path: checkpoint of the last step, exit 143, resume (tests/cuda/sigterm.sh)
   run_check "stp-train device=cuda SIGTERM checkpoint + resume" 240 "$ROOT/tests/cuda/sigterm.sh" "$TRAIN_BIN"
+else
+  result "SKIPPED stp-train cpu vs cuda, SIGTERM (no $TRAIN_BIN: add stp-train to the bundle or set STP_TRAIN_BIN)"
 fi
 
 if [ "${STP_GPU_SKIP_BENCH:-0}" = 1 ]; then
@@ -183,7 +183,7 @@ for model in $BENCH_MODELS; do
   if [ -n "$BIN" ]; then
     STP_BENCH_MODELS=$model run_check "bench stp $model" 150 "$BIN" "bench: one training step of single-GPU models"
   fi
-  run_check "bench torch $model" 180 python3 "$ROOT/scripts/bench_gpu.py" --models $model --steps "$STEPS" --json "$JSON"
+  run_check "bench torch $model" 180 python3 "$ROOT/scripts/bench_gpu.py" --models "$model" --steps "$STEPS" --json "$JSON"
 done
 
 # ---- 4. table -----------------------------------------------------------------------------------------------

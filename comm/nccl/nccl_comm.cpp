@@ -258,7 +258,7 @@ std::string NcclState::poll_locked(NcclOp& op) {
       async != ncclInProgress)
     return whoami() + ": NCCL error on the " + group_kind_name(op.info.group) + " communicator while " +
            op.info.describe() + " was in flight: " + nccl_error(async, c);
-  const double age = std::chrono::duration<double>(Clock::now() - op.issued).count();
+  const double age = seconds_since(op.issued);
   if (opts.op_timeout_s > 0 && age > opts.op_timeout_s) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f", age);

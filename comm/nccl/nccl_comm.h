@@ -39,9 +39,9 @@
 // fault is caught even while the host is busy elsewhere. Under the launchers, a process that exits
 // makes torchrun/mpirun end the others.
 //
-// Contract differences from the MPI backend (both documented in the report): DType has no bf16, so
-// bf16 tensors cannot go through this interface yet; NCCL cannot detect a receive posted with
-// another count than its send (the validator guarantees equal counts).
+// Contract differences from the MPI backend (both documented in the report): bf16 is reduced here
+// (ncclBfloat16), while the MPI backend only moves it and refuses to reduce it; NCCL cannot detect
+// a receive posted with another count than its send (the validator guarantees equal counts).
 #pragma once
 
 #include <algorithm>

@@ -167,9 +167,11 @@ void add_norm_params(StageBuilder& sb, const std::string& prefix, const Dims& d,
 
 // One transformer layer (Attn + Mlp units) appended to the stage; advances the residual chain
 // (prev_out: the tensor the next unit adds, prev_x: the residual stream, -1 if none).
-void add_layer(StageBuilder& sb, const Dims& d, const std::string& lp, int layer, bool vision,
-               int64_t heads, int64_t kv, int64_t ffn, int tp, int* prev_out, int* prev_x) {
+void add_layer(StageBuilder& sb, const Dims& d, const std::string& lp, int layer, bool vision, int tp,
+               int* prev_out, int* prev_x) {
   StageDesc& s = sb.s;
+  // Full (unsharded) sizes of the parameters: the config splits each evenly over tp.
+  const int64_t heads = d.NH * tp, kv = d.NKV * tp, ffn = d.F * tp;
   // Attn
   const int a = sb.unit(UnitKind::Attn, layer, true, true, true);
   s.units[a].vision = vision;
@@ -341,15 +343,12 @@ ModelDesc model_desc_build(const Config& cfg, int chunks, const std::vector<int>
 
     // ---- vision layers, the merger, then the LLM layers
     for (int l = vlayer0; l < vlayer0 + s.vision_layers; ++l)
-      add_layer(sb, v, "visual.blocks." + std::to_string(l), l, true, m.vision.heads, m.vision.heads,
-                m.vision.ffn(), tp, &prev_out, &prev_x);
+      add_layer(sb, v, "visual.blocks." + std::to_string(l), l, true, tp, &prev_out, &prev_x);
     if (st == merge_stage) add_merge(sb, cfg, d, v, tp, &prev_out, &prev_x);
     const bool vision_out = vision_in && st != merge_stage;  // the stage's output is the vision stream
     const Dims& dout = vision_out ? v : d;
     for (int l = layer0; l < layer0 + s.num_layers; ++l)
-      add_layer(sb, d, "layers." + std::to_string(l), l, false, m.heads, m.kv(), m.ffn(), tp, &prev_out,
-                &prev_x);
-    s.pp_elems = dout.N * dout.C;
+      add_layer(sb, d, "layers." + std::to_string(l), l, false, tp, &prev_out, &prev_x);
 
     // ---- end of stage
     if (s.last) {

@@ -120,7 +120,6 @@ struct StageDesc {
   std::vector<UnitDesc> units;       // forward order
   std::vector<TensorDesc> tensors;
   std::vector<ParamDesc> params;
-  int64_t pp_elems = 0;              // elements of the activation (and gradient) this stage sends on
 
   std::vector<int> backward_order() const;  // unit indices with a B pass, in backward order
   int find_tensor(const std::string& field, int unit) const;  // -1 if absent

@@ -87,6 +87,10 @@ int config_loss_tokens_per_sequence(const Config& cfg) {
   return cfg.model.seq_len - vision_geometry(cfg).visual_tokens;
 }
 
+int64_t config_sequences_per_step(const Config& cfg) {
+  return int64_t(cfg.parallel.dp) * cfg.schedule.microbatches * cfg.schedule.micro_batch_size;
+}
+
 // ---- the binding table ----------------------------------------------------------------------------
 
 namespace {
@@ -597,7 +601,7 @@ std::optional<ConfigError> validate(const Config& c, const Origins& origins) {
       return err("model.vision.heads", "the 2-D rotary embedding needs a vision head dim divisible by 4, got hidden/heads = " +
                                            str(v.hidden / v.heads));
     const VisionGeometry g = vision_geometry(c);
-        for (auto r : {div_tp("model.vision.heads", "vision heads", v.heads),
+    for (auto r : {div_tp("model.vision.heads", "vision heads", v.heads),
                    div_tp("model.vision.ffn_hidden", "vision ffn_hidden", v.ffn()),
                    div_tp("model.vision.patch_size", "channels*temporal_patch*patch_size^2 (the row-parallel patch embedding)", g.patch_dim)})
       if (r) return r;

@@ -218,5 +218,7 @@ VisionGeometry vision_geometry(const Config& cfg);
 std::vector<int> config_vision_stage_layers(const Config& cfg, int stages);
 // Tokens of one sequence that carry a loss: T minus the visual positions.
 int config_loss_tokens_per_sequence(const Config& cfg);
+// Sequences of one step's global batch: dp * microbatches * micro_batch_size.
+int64_t config_sequences_per_step(const Config& cfg);
 
 }  // namespace stp

@@ -23,7 +23,7 @@ int64_t cuda_tensor_bytes(const TensorDesc& t) { return t.elems * (cuda_tensor_f
 
 CudaRankModel::CudaRankModel(const Config& cfg, const ModelDesc& desc, const PipelineProgram& pipe,
                              int pp_rank, int tp_rank, Ctx& ctx)
-    : cfg_(cfg), desc_(desc), pipe_(pipe), ctx_(ctx), shape_(model_shape(cfg, tp_rank)) {
+    : cfg_(cfg), desc_(desc), pipe_(pipe), pp_rank_(pp_rank), ctx_(ctx), shape_(model_shape(cfg, tp_rank)) {
   if (cfg.model.vision.enabled) {
     error_ = "train.device=cuda does not run the vision tower yet (model.vision.enabled is true)";
     return;
@@ -76,10 +76,6 @@ int64_t CudaRankModel::local_elems() const {
   int64_t n = 0;
   for (const auto& p : params_) n += p->n;
   return n;
-}
-
-bool CudaRankModel::local(int stage) const {
-  return stage >= 0 && stage < int(desc_.stages.size()) && holds_stage(stage);
 }
 
 void CudaRankModel::upload(DeviceBuffer<float>& b, const std::vector<float>& h) {
@@ -445,7 +441,6 @@ struct CudaRankModel::Unit {
     const UnitDesc& u = sd.units[size_t(unit)];
     const bool has = pass == UnitPass::F ? u.has_f : pass == UnitPass::B ? u.has_b : u.has_w;
     if (!has) return where() + ": the unit has no such pass";
-    if (u.vision || u.kind == UnitKind::Merge) return where() + ": train.device=cuda does not run the vision tower yet";
     const bool F = pass == UnitPass::F, B = pass == UnitPass::B;
     switch (u.kind) {
       case UnitKind::In: return F ? in_forward() : B ? in_backward() : in_weight();
@@ -454,36 +449,22 @@ struct CudaRankModel::Unit {
       case UnitKind::Head: return F ? head_forward() : B ? head_backward() : head_weight();
       case UnitKind::Loss: return loss_forward();
       case UnitKind::Out: return F ? out_forward() : std::string();  // Out.B: received
-      case UnitKind::Merge: break;
+      case UnitKind::Merge: break;  // vision only: the constructor refuses the vision tower
     }
     return where() + ": unknown unit kind";
   }
 };
 
-// The V turn (runtime/executor.h): In.F of a stage whose previous stage is on this rank copies that
-// stage's Out.x into In.out; Out.B of a stage whose next stage is local copies the next In.g.
+// The V turn (runtime/executor.h, v_turn_of): a device-to-device copy on the compute stream.
 std::string CudaRankModel::handover(int stage, int mb, UnitRef u, TensorSource<void>& t) {
-  const StageDesc& sd = desc_.stages[size_t(stage)];
-  const UnitKind k = sd.units[size_t(u.unit)].kind;
-  int src_stage = -1, src = -1, dst = -1;
-  if (k == UnitKind::In && u.pass == UnitPass::F && !sd.first && local(stage - 1)) {
-    const StageDesc& prev = desc_.stages[size_t(stage - 1)];
-    src_stage = stage - 1;
-    src = prev.find_tensor("x", int(prev.units.size()) - 1);
-    dst = sd.find_tensor("out", u.unit);
-  } else if (k == UnitKind::Out && u.pass == UnitPass::B && local(stage + 1)) {
-    src_stage = stage + 1;
-    src = desc_.stages[size_t(stage + 1)].find_tensor("g", 0);
-    dst = sd.find_tensor("g", u.unit);
-  } else {
-    return "";
-  }
-  if (src < 0 || dst < 0) return "V turn: a stage boundary tensor is missing from the table";
-  const void* from = t.read(src_stage, mb, src);
-  void* to = t.produce(stage, mb, dst);
+  const std::optional<VTurn> v = v_turn_of(desc_, pipe_, pp_rank_, stage, u);
+  if (!v) return "";
+  if (!v->error.empty()) return v->error;
+  const void* from = t.read(v->src_stage, mb, v->src);
+  void* to = t.produce(stage, mb, v->dst);
   if (!from || !to) return "V turn: the stage boundary tensor is not live";
-  CUDA_CHECK(cudaMemcpyAsync(to, from, size_t(cuda_tensor_bytes(sd.tensors[size_t(dst)])),
-                             cudaMemcpyDeviceToDevice, ctx_.stream));
+  const int64_t bytes = cuda_tensor_bytes(desc_.stages[size_t(stage)].tensors[size_t(v->dst)]);
+  CUDA_CHECK(cudaMemcpyAsync(to, from, size_t(bytes), cudaMemcpyDeviceToDevice, ctx_.stream));
   return "";
 }
 

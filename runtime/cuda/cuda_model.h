@@ -82,11 +82,11 @@ class CudaRankModel {
  private:
   struct Unit;  // cuda_model.cpp: one unit pass' tensors and parameters
   std::string handover(int stage, int mb, UnitRef u, TensorSource<void>& t);
-  bool local(int stage) const;
 
   const Config& cfg_;
   const ModelDesc& desc_;
   const PipelineProgram& pipe_;
+  int pp_rank_;
   Ctx& ctx_;
   ModelShape shape_;
   std::string error_;

@@ -23,14 +23,13 @@ namespace stp {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr int kStats = 8;  // doubles per rank gathered per step
 
 class CudaTrainer final : public StepRunner {
  public:
   CudaTrainer(const Config& cfg, const Topology& topo, Communicator& host, NcclCommunicator& nccl)
       : cfg_(cfg), topo_(topo), host_(host), nccl_(nccl) {}
   std::string build();
-  std::string resume();
+  std::string resume() override;
   const char* device() const override { return "cuda"; }
   std::string step(StepReport* r, bool* fatal) override;
   std::string save_checkpoint(const std::string& root) override;
@@ -41,16 +40,8 @@ class CudaTrainer final : public StepRunner {
   Clock::time_point last_exec_start() const override { return exec_start_; }
 
  private:
-  int64_t loss_tokens() const {
-    return int64_t(cfg_.parallel.dp) * cfg_.schedule.microbatches * cfg_.schedule.micro_batch_size *
-           config_loss_tokens_per_sequence(cfg_);
-  }
   std::string load_batches(int64_t step);
   std::string sync_tied();
-  std::string wait(CommHandle h, const char* what) {
-    CommStatus st = h.wait(cfg_.train.timeout_s);
-    return st.ok() ? std::string() : std::string(what) + ": " + st.error;
-  }
   CheckpointSite checkpoint_site();
 
   Config cfg_;
@@ -76,7 +67,6 @@ class CudaTrainer final : public StepRunner {
 };
 
 std::string CudaTrainer::build() {
-  if (cfg_.model.vision.enabled) return "train.device=cuda does not run the vision tower yet";
   if (!cfg_.train.init_from.empty()) return "train.init_from is not supported with train.device=cuda yet";
   if (std::string err = build_run_program(cfg_, &chunks_, &desc_, &prog_); !err.empty()) return err;
   ctx_ = std::make_unique<cuda::Ctx>(alloc_, stream_.get(), cfg_.train.deterministic);
@@ -99,11 +89,10 @@ std::string CudaTrainer::build() {
 }
 
 std::string CudaTrainer::load_batches(int64_t step) {
+  if (!data_) return {};  // a middle stage reads neither tokens nor targets
   for (int m = 0; m < cfg_.schedule.microbatches; ++m) {
-    if (data_) {
-      std::string err = data_->load(step, topo_.me.dp, m, inputs_[size_t(m)].data(), targets_[size_t(m)].data());
-      if (!err.empty()) return "step " + std::to_string(step) + ": " + err;
-    }
+    std::string err = data_->load(step, topo_.me.dp, m, inputs_[size_t(m)].data(), targets_[size_t(m)].data());
+    if (!err.empty()) return "step " + std::to_string(step) + ": " + err;
     model_->upload_batch(m, inputs_[size_t(m)], targets_[size_t(m)]);
   }
   return {};
@@ -124,23 +113,23 @@ std::string CudaTrainer::sync_tied() {
     return {};
   }
   if (reps.size() != 1 || nccl_.size(GroupKind::Embed) < 2) return {};
-  return wait(nccl_.all_reduce(GroupKind::Embed, reps[0]->grad.data(), reps[0]->grad.data(), reps[0]->n,
-                               DType::F32, ReduceOp::Sum, StreamRef{ctx_->stream}),
-              "tied embedding gradient");
+  const CommStatus st = nccl_.all_reduce(GroupKind::Embed, reps[0]->grad.data(), reps[0]->grad.data(), reps[0]->n,
+                                         DType::F32, ReduceOp::Sum, StreamRef{ctx_->stream})
+                            .wait(cfg_.train.timeout_s);
+  return st.ok() ? std::string() : "tied embedding gradient: " + st.error;
 }
 
 std::string CudaTrainer::step(StepReport* r, bool* fatal) {
   const Clock::time_point t0 = Clock::now();
   const int64_t s = next_step_;
-  const int M = cfg_.schedule.microbatches;
   *fatal = true;
   *r = StepReport{};
   r->step = s;
-  r->tokens = int64_t(cfg_.parallel.dp) * M * cfg_.schedule.micro_batch_size * cfg_.model.seq_len;
+  r->tokens = step_tokens(cfg_);
   alloc_.reset_peak();
   std::string err = load_batches(s);
   if (!err.empty()) return err;
-  model_->begin_step(float(1.0 / double(loss_tokens())));
+  model_->begin_step(float(1.0 / double(step_loss_tokens(cfg_))));
   exec_start_ = Clock::now();
   const StreamExecResult res = exec_->run(*dev_, *tensors_);
   if (!res.ok()) return "step " + std::to_string(s) + ": " + res.error;
@@ -155,38 +144,23 @@ std::string CudaTrainer::step(StepReport* r, bool* fatal) {
     if (norm_plan_->contributes(p.stage, p.index)) local[size_t(norm_plan_->index(p.stage, p.index))] = sq[k];
   }
   r->grad_norm = norm_plan_->reduce(host_, local, cfg_.train.timeout_s, &err);
-  std::vector<double> slots(size_t(cfg_.parallel.dp) * M, 0.0);
+  std::vector<double> mb_sums;
   if (model_->holds_last() && topo_.me.tp == 0)
-    for (int m = 0; m < M; ++m) slots[size_t(topo_.me.dp) * M + m] = model_->loss_sum(m);
-  if (err.empty())
-    err = wait(host_.all_reduce(GroupKind::World, slots.data(), slots.data(), int64_t(slots.size()), DType::F64,
-                                ReduceOp::Sum),
-               "loss");
+    for (int m = 0; m < cfg_.schedule.microbatches; ++m) mb_sums.push_back(model_->loss_sum(m));
+  if (err.empty()) r->loss = step_loss_reduce(host_, cfg_, topo_.me.dp, mb_sums, &err);
   if (!err.empty()) return "step " + std::to_string(s) + ": " + err;
-  double sum = 0;
-  for (double x : slots) sum += x;
-  r->loss = sum / double(loss_tokens());
-  if (!std::isfinite(r->loss) || !std::isfinite(r->grad_norm)) {
-    *fatal = false;
-    return "step " + std::to_string(s) + ": the " + (std::isfinite(r->loss) ? "gradient norm" : "loss") +
-           " is not finite; stopping before the update, the last checkpoint is untouched";
-  }
-  const double clip = cfg_.train.grad_clip;
-  r->clip_scale = clip > 0 ? std::min(1.0, clip / (r->grad_norm + 1e-6)) : 1.0;
-  r->lr = lr_at(cfg_.train, s);
+  if (!(err = step_clip_and_lr(cfg_, r, fatal)).empty()) return err;
   model_->adamw(cfg_.train, s, float(r->clip_scale));
   CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));  // the step's time includes its update
-  const double mine[kStats] = {double(alloc_.peak_bytes()), double(res.stats.peak_act_bytes), 0.0,
-                               last_exec_.exposed_comm_s,    last_exec_.exposed_tp_s,
-                               last_exec_.exposed_pp_s,      last_exec_.exposed_dp_s, last_exec_.compute_s};
-  std::vector<double> all(size_t(kStats) * host_.world_size());
-  if (!(err = wait(host_.all_gather(GroupKind::World, mine, all.data(), kStats, DType::F64), "step statistics")).empty())
-    return err;
-  r->ranks.resize(size_t(host_.world_size()));
-  for (size_t k = 0; k < r->ranks.size(); ++k) {
-    const double* x = all.data() + k * kStats;
-    r->ranks[k] = RankStepStats{x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], 0.0};
-  }
+  RankStepStats mine;
+  mine.peak_mem_bytes = double(alloc_.peak_bytes());
+  mine.act_peak_bytes = double(res.stats.peak_act_bytes);
+  mine.exposed_comm_s = last_exec_.exposed_comm_s;
+  mine.exposed_tp_s = last_exec_.exposed_tp_s;
+  mine.exposed_pp_s = last_exec_.exposed_pp_s;
+  mine.exposed_dp_s = last_exec_.exposed_dp_s;
+  mine.compute_s = last_exec_.compute_s;
+  if (!(err = step_gather_stats(host_, mine, cfg_.train.timeout_s, r)).empty()) return err;
   r->step_time_s = std::chrono::duration<double>(Clock::now() - t0).count();
   next_step_ = s + 1;
   return {};
@@ -275,9 +249,6 @@ int cuda_train_main(const Config& cfg, const LaunchEnv& env) {
                    mpi ? "MPI" : env.world > 1 ? "NCCL (staged)" : "the process");
     tr = std::make_unique<CudaTrainer>(cfg, topo, host, *nc.comm);
     if (!agree(host, tr->build(), timeout)) return 2;
-    if (!agree(host, tr->resume(), timeout)) return 2;
-    if (topo.rank == 0 && tr->next_step() > 1)
-      spdlog::info("resumed from {} at step {}", cfg.output.checkpoint.dir, tr->next_step());
     return train_loop(*tr, cfg, host);
   } catch (const cuda::CudaError& e) {
     nc.comm->abort(e.what(), 1);

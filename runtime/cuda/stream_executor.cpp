@@ -9,7 +9,7 @@ namespace stp {
 // ---- DeviceTensors -------------------------------------------------------------------------------
 
 void* DeviceTensors::allocate(int stage, int mb, int t, ExecStream s) {
-  auto it = map_.find(key(stage, mb, t));
+  auto it = map_.find(tensor_key(stage, mb, t));
   if (it != map_.end()) return it->second.p;
   const int64_t n = bytes(stage, t);
   void* p = dev_->allocate(s, size_t(n));
@@ -19,7 +19,7 @@ void* DeviceTensors::allocate(int stage, int mb, int t, ExecStream s) {
                " mb" + std::to_string(mb) + " " + desc_->stages[size_t(stage)].tensors[size_t(t)].name + ")";
     return nullptr;
   }
-  map_[key(stage, mb, t)] = Block{p, size_t(n)};
+  map_[tensor_key(stage, mb, t)] = Block{p, size_t(n)};
   live_bytes_ += n;
   peak_bytes_ = std::max(peak_bytes_, live_bytes_);
   return p;
@@ -30,12 +30,12 @@ void* DeviceTensors::produce(int stage, int mb, int t) { return allocate(stage, 
 void* DeviceTensors::post(int stage, int mb, int t, ExecStream s) { return allocate(stage, mb, t, s); }
 
 void* DeviceTensors::read(int stage, int mb, int t) {
-  auto it = map_.find(key(stage, mb, t));
+  auto it = map_.find(tensor_key(stage, mb, t));
   return it == map_.end() ? nullptr : it->second.p;
 }
 
 DeviceTensors::Block DeviceTensors::take(int stage, int mb, int t) {
-  auto it = map_.find(key(stage, mb, t));
+  auto it = map_.find(tensor_key(stage, mb, t));
   if (it == map_.end()) return {};
   const Block b = it->second;
   map_.erase(it);
@@ -50,11 +50,7 @@ void DeviceTensors::release_block(ExecStream s, const Block& b) {
 
 std::vector<std::string> DeviceTensors::live_names() const {
   std::vector<std::string> names;
-  for (const auto& kv : map_) {
-    const int stage = int(kv.first >> 44), mb = int((kv.first >> 22) & 0x3fffff), t = int(kv.first & 0x3fffff);
-    names.push_back("s" + std::to_string(stage) + " mb" + std::to_string(mb) + " " +
-                    desc_->stages[size_t(stage)].tensors[size_t(t)].name);
-  }
+  for (const auto& kv : map_) names.push_back(tensor_key_name(*desc_, kv.first));
   std::sort(names.begin(), names.end());
   return names;
 }

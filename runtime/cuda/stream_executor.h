@@ -20,11 +20,11 @@
 // A tensor still live at the end, a CommStart/Send/Free of a tensor that is not live, or any device
 // error ends the run with an error naming the rank's op ("op 12 (comm_start ...): ...").
 //
-// Memory: DeviceTensors maps (stage, mb, tensor) to a buffer of device.tensor_bytes(stage, tensor)
-// bytes from device.allocate(stream, bytes). A release is stream-ordered: the device may hand the
-// block to later allocations on the *same* stream at once (they run after every earlier op of that
-// stream), and to other streams only after that stream has passed the release (the CUDA device:
-// after the end-of-step synchronisation). live_bytes() counts tensors from their allocation to
+// Memory: DeviceTensors maps (stage, mb, tensor) (tensor_key, runtime/executor.h) to a buffer of
+// device.tensor_bytes(stage, tensor) bytes from device.allocate(stream, bytes). A release is
+// stream-ordered: the device may hand the block to later allocations on the *same* stream at once
+// (they run after every earlier op of that stream), and to other streams only after that stream has
+// passed the release (the CUDA device: after the end-of-step synchronisation). live_bytes() counts tensors from their allocation to
 // their release (a deferred free counts until its event completes); peak_bytes() is its
 // high-water mark.
 #pragma once
@@ -36,6 +36,7 @@
 
 #include "model/desc/desc.h"
 #include "model/units.h"
+#include "runtime/executor.h"
 #include "scheduler/lower.h"
 #include "scheduler/streams.h"
 
@@ -90,9 +91,6 @@ class DeviceTensors final : public TensorSource<void> {
 
  private:
   void* allocate(int stage, int mb, int t, ExecStream s);
-  static uint64_t key(int stage, int mb, int t) {
-    return (uint64_t(uint32_t(stage)) << 44) | (uint64_t(uint32_t(mb)) << 22) | uint64_t(uint32_t(t));
-  }
   const ModelDesc* desc_;
   StreamDevice* dev_;
   std::unordered_map<uint64_t, Block> map_;

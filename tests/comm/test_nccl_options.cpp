@@ -12,12 +12,14 @@ using namespace stp;
 
 namespace {
 
+// A valid config without an `nccl` section; the tests append their keys.
+const std::string kBase =
+    "model: {layers: 4, hidden: 64, heads: 4, vocab: 256, seq_len: 16}\n"
+    "parallel: {tp: 2, pp: 2, dp: 1}\n"
+    "schedule: {name: stp, microbatches: 6}\n";
+
 Config load(const std::string& extra) {
-  const std::string yaml =
-      "model: {layers: 4, hidden: 64, heads: 4, vocab: 256, seq_len: 16}\n"
-      "parallel: {tp: 2, pp: 2, dp: 1}\n"
-      "schedule: {name: stp, microbatches: 6}\n" + extra;
-  const ConfigResult r = config_load_string(yaml, "t.yaml");
+  const ConfigResult r = config_load_string(kBase + extra, "t.yaml");
   INFO((r.error ? r.error->to_string() : std::string()));
   REQUIRE(r.ok());
   return *r.config;
@@ -60,10 +62,6 @@ TEST_CASE("nccl_options_of: defaults, and poll periods round up to whole millise
 // Fails if a bad value loads (the corpus files in tests/corpus/bad/nccl_*.yaml check the messages
 // through the binary).
 TEST_CASE("invalid nccl keys are refused naming the key", "[comm][nccl]") {
-  const std::string base =
-      "model: {layers: 4, hidden: 64, heads: 4, vocab: 256, seq_len: 16}\n"
-      "parallel: {tp: 2, pp: 2, dp: 1}\n"
-      "schedule: {name: stp, microbatches: 6}\n";
   const std::pair<const char*, const char*> cases[] = {
       {"nccl: {port: -1}", "nccl.port"},
       {"nccl: {port: 65536}", "nccl.port"},
@@ -74,11 +72,11 @@ TEST_CASE("invalid nccl keys are refused naming the key", "[comm][nccl]") {
   };
   for (const auto& [yaml, key] : cases) {
     INFO(yaml);
-    const ConfigResult r = config_load_string(base + yaml + "\n", "t.yaml");
+    const ConfigResult r = config_load_string(kBase + yaml + "\n", "t.yaml");
     REQUIRE_FALSE(r.ok());
     CHECK(r.error->key == key);
   }
   // The edges are allowed: port 65535, cga 8, min_ctas == max_ctas, one side unset.
-  CHECK(config_load_string(base + "nccl: {port: 65535, cga_cluster_size: 8, min_ctas: 4, max_ctas: 4}\n", "t.yaml").ok());
-  CHECK(config_load_string(base + "nccl: {min_ctas: 32}\n", "t.yaml").ok());
+  CHECK(config_load_string(kBase + "nccl: {port: 65535, cga_cluster_size: 8, min_ctas: 4, max_ctas: 4}\n", "t.yaml").ok());
+  CHECK(config_load_string(kBase + "nccl: {min_ctas: 32}\n", "t.yaml").ok());
 }

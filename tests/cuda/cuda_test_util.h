@@ -7,6 +7,8 @@
 //   an element the kernel forgot to write fails the finiteness check.
 // - compare(): ||out - ref|| / ||ref|| (2-norms, fp64) and the max absolute error, printed as one
 //   `#`-prefixed line per comparison, asserted against a stated tolerance.
+// - xent_run(): the cross-entropy kernels and their CPU twins on one set of logits, for the tests
+//   of the vocab-parallel pieces and the fused kernel (with and without ignored targets).
 #pragma once
 
 #include <catch2/catch.hpp>
@@ -21,8 +23,10 @@
 
 #include <cuda_bf16.h>
 
+#include "model/kernels/cpu/kernels.h"
 #include "model/kernels/cuda/check.h"
 #include "model/kernels/cuda/context.h"
+#include "model/kernels/cuda/kernels.h"
 #include "model/kernels/cuda/memory.h"
 
 namespace stp::cuda::test {
@@ -140,6 +144,61 @@ inline void compare(const std::string& name, const std::vector<float>& out,
 
 inline std::vector<double> to_double(const std::vector<float>& v) {
   return std::vector<double>(v.begin(), v.end());
+}
+
+// The cross-entropy of (N, V) logits (bf16-exact) on the vocab shard [start, start + V), on the
+// GPU into NaN-poisoned outputs and with stp::cpu in double: row max, sum-exp and target logit,
+// the loss (given the targets if `loss_targets`, else null: no row ignored) and the backward at
+// scale 0.5; then xent_fused (TP = 1: the whole vocabulary, targets >= 0 taken mod V) in place at
+// scale 0.25. Targets < 0 are ignored rows throughout.
+struct XentRun {
+  std::vector<float> rm, se, tl, loss, g, fused_loss, fused_g;  // GPU
+  std::vector<double> RM, SE, TL, LOSS, G, FUSED_LOSS, FUSED_G;  // CPU reference
+};
+inline XentRun xent_run(Env& env, const std::vector<float>& logits, std::vector<int> tgt, int64_t N,
+                        int64_t V, int64_t start, bool loss_targets) {
+  using std::vector;
+  XentRun x;
+  auto dl = env.bf(logits);
+  auto dt = env.i32(tgt);
+  auto rm = env.f32_poison(N), se = env.f32_poison(N), tl = env.f32_poison(N), loss = env.f32_poison(N);
+  auto g = env.bf_poison(N * V);
+  xent_row_max(rm.data(), dl.data(), N, V, env.ctx);
+  xent_sumexp(se.data(), tl.data(), dl.data(), rm.data(), dt.data(), N, V, start, env.ctx);
+  xent_loss(loss.data(), rm.data(), se.data(), tl.data(), N, loss_targets ? dt.data() : nullptr, env.ctx);
+  xent_backward(g.data(), dl.data(), rm.data(), se.data(), dt.data(), 0.5f, N, V, start, env.ctx);
+  x.rm = env.get(rm);
+  x.se = env.get(se);
+  x.tl = env.get(tl);
+  x.loss = env.get(loss);
+  x.g = env.get(g);
+  const vector<double> L = to_double(logits);
+  x.RM = x.SE = x.TL = x.LOSS = vector<double>(N);
+  x.G = vector<double>(N * V);
+  stp::cpu::xent_row_max<double>(x.RM.data(), L.data(), N, V);
+  stp::cpu::xent_sumexp<double>(x.SE.data(), x.TL.data(), L.data(), x.RM.data(), tgt.data(), N, V, start);
+  stp::cpu::xent_loss<double>(x.LOSS.data(), x.RM.data(), x.SE.data(), x.TL.data(), N,
+                              loss_targets ? tgt.data() : nullptr);
+  stp::cpu::xent_backward<double>(x.G.data(), L.data(), x.RM.data(), x.SE.data(), tgt.data(), 0.5f, N, V,
+                                  start);
+
+  for (auto& t : tgt)
+    if (t >= 0) t %= int(V);
+  auto dt1 = env.i32(tgt);
+  auto inplace = env.bf(logits);
+  auto floss = env.f32_poison(N);
+  xent_fused(floss.data(), inplace.data(), dt1.data(), 0.25f, N, V, env.ctx);
+  x.fused_loss = env.get(floss);
+  x.fused_g = env.get(inplace);
+  vector<double> SE1(N), TL1(N);
+  x.FUSED_LOSS = vector<double>(N);
+  x.FUSED_G = vector<double>(N * V);
+  stp::cpu::xent_sumexp<double>(SE1.data(), TL1.data(), L.data(), x.RM.data(), tgt.data(), N, V, 0);
+  stp::cpu::xent_loss<double>(x.FUSED_LOSS.data(), x.RM.data(), SE1.data(), TL1.data(), N,
+                              loss_targets ? tgt.data() : nullptr);
+  stp::cpu::xent_backward<double>(x.FUSED_G.data(), L.data(), x.RM.data(), SE1.data(), tgt.data(), 0.25f, N,
+                                  V, 0);
+  return x;
 }
 
 }  // namespace stp::cuda::test

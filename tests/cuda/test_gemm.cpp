@@ -84,7 +84,7 @@ TEST_CASE("linear forward and backward are exact on small integers", "[cuda][gem
   CHECK(count_inexact(env.get(gb), dbr) == 0);
 }
 
-TEST_CASE("linear forward/backward match the CPU on random inputs; accumulate adds",
+TEST_CASE("linear forward/backward match the CPU on random inputs, accumulate adds",
           "[cuda][gemm]") {
   STP_REQUIRE_GPU();
   Env env;

@@ -217,37 +217,15 @@ TEST_CASE("cross-entropy pieces and the fused kernel match the CPU", "[cuda][xen
   vector<int> tgt(N);
   std::uniform_int_distribution<int> ti(0, 2999);
   for (auto& t : tgt) t = ti(rng);
-  auto dl = env.bf(logits);
-  auto dt = env.i32(tgt);
-  auto rm = env.f32_poison(N), se = env.f32_poison(N), tl = env.f32_poison(N), loss = env.f32_poison(N);
-  xent_row_max(rm.data(), dl.data(), N, V, env.ctx);
-  xent_sumexp(se.data(), tl.data(), dl.data(), rm.data(), dt.data(), N, V, start, env.ctx);
-  xent_loss(loss.data(), rm.data(), se.data(), tl.data(), N, nullptr, env.ctx);
-  vector<double> L = D(logits), RM(N), SE(N), TL(N), LOSS(N), G(N * V);
-  stp::cpu::xent_row_max<double>(RM.data(), L.data(), N, V);
-  stp::cpu::xent_sumexp<double>(SE.data(), TL.data(), L.data(), RM.data(), tgt.data(), N, V, start);
-  stp::cpu::xent_loss<double>(LOSS.data(), RM.data(), SE.data(), TL.data(), N, nullptr);
-  compare("xent_row_max", env.get(rm), RM, 1e-7);
-  compare("xent_sumexp", env.get(se), SE, kTolF32);
-  compare("xent_sumexp tlogit", env.get(tl), TL, 1e-7);
-  compare("xent_loss", env.get(loss), LOSS, kTolF32);
-  auto g = env.bf_poison(N * V);
-  xent_backward(g.data(), dl.data(), rm.data(), se.data(), dt.data(), 0.5f, N, V, start, env.ctx);
-  stp::cpu::xent_backward<double>(G.data(), L.data(), RM.data(), SE.data(), tgt.data(), 0.5f, N, V, start);
-  compare("xent_backward", env.get(g), G, kTolBf16Out);
-
+  const XentRun x = xent_run(env, logits, tgt, N, V, start, false);  // xent_loss: null targets
+  compare("xent_row_max", x.rm, x.RM, 1e-7);
+  compare("xent_sumexp", x.se, x.SE, kTolF32);
+  compare("xent_sumexp tlogit", x.tl, x.TL, 1e-7);
+  compare("xent_loss", x.loss, x.LOSS, kTolF32);
+  compare("xent_backward", x.g, x.G, kTolBf16Out);
   // Fused (TP = 1): the shard is the whole vocabulary, targets inside it.
-  for (auto& t : tgt) t %= int(V);
-  auto dt1 = env.i32(tgt);
-  auto inplace = env.bf(logits);
-  auto floss = env.f32_poison(N);
-  xent_fused(floss.data(), inplace.data(), dt1.data(), 0.25f, N, V, env.ctx);
-  stp::cpu::xent_row_max<double>(RM.data(), L.data(), N, V);
-  stp::cpu::xent_sumexp<double>(SE.data(), TL.data(), L.data(), RM.data(), tgt.data(), N, V, 0);
-  stp::cpu::xent_loss<double>(LOSS.data(), RM.data(), SE.data(), TL.data(), N, nullptr);
-  stp::cpu::xent_backward<double>(G.data(), L.data(), RM.data(), SE.data(), tgt.data(), 0.25f, N, V, 0);
-  compare("xent_fused loss", env.get(floss), LOSS, kTolF32);
-  compare("xent_fused dlogits (in place)", env.get(inplace), G, kTolBf16Out);
+  compare("xent_fused loss", x.fused_loss, x.FUSED_LOSS, kTolF32);
+  compare("xent_fused dlogits (in place)", x.fused_g, x.FUSED_G, kTolBf16Out);
 }
 
 TEST_CASE("AdamW matches the CPU update and writes the bf16 copy", "[cuda][optimizer]") {

@@ -23,6 +23,7 @@
 
 #include "comm/nccl/nccl_bootstrap.h"
 #include "comm/nccl/nccl_comm.h"
+#include "model/safetensors.h"
 #include "tests/cuda/cuda_test_util.h"
 
 using namespace stp;
@@ -217,7 +218,8 @@ std::unique_ptr<NcclCommunicator> one_rank(const NcclOptions& opts = {}) {
   return std::move(r.comm);
 }
 
-// n elements of small integers (i*7+3) % 101 + base, as the bytes of dtype t.
+// n elements of small integers (i*7+3) % 101 + base, as the bytes of dtype t (bf16 holds every
+// integer up to 256 exactly, so f32_to_bf16 does not round them).
 std::vector<uint8_t> pattern(DType t, int64_t n, int base) {
   std::vector<uint8_t> b(size_t(n) * dtype_size(t));
   for (int64_t i = 0; i < n; ++i) {
@@ -229,14 +231,7 @@ std::vector<uint8_t> pattern(DType t, int64_t n, int base) {
       case DType::I32: { const int32_t x = v; std::memcpy(p, &x, 4); break; }
       case DType::I64: { const int64_t x = v; std::memcpy(p, &x, 8); break; }
       case DType::U8: { *p = uint8_t(v); break; }
-      case DType::BF16: {  // the high half of the float: exact for these small integers
-        const float x = float(v);
-        uint32_t bits = 0;
-        std::memcpy(&bits, &x, 4);
-        const uint16_t h = uint16_t(bits >> 16);
-        std::memcpy(p, &h, 2);
-        break;
-      }
+      case DType::BF16: { const uint16_t x = f32_to_bf16(float(v)); std::memcpy(p, &x, 2); break; }
     }
   }
   return b;

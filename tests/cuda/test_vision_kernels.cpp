@@ -67,7 +67,7 @@ int nonzero_ignored_rows(const vector<float>& v, const vector<int>& tgt, int64_t
 
 }  // namespace
 
-TEST_CASE("cross-entropy with ignored targets matches the CPU; ignored rows are exactly 0",
+TEST_CASE("cross-entropy with ignored targets matches the CPU, ignored rows are exactly 0",
           "[cuda][xent][vision]") {
   STP_REQUIRE_GPU();
   Env env;
@@ -79,40 +79,15 @@ TEST_CASE("cross-entropy with ignored targets matches the CPU; ignored rows are 
   for (auto& t : tgt) t = ignore(rng) < 3 ? -1 : ti(rng);
   tgt[0] = -1;  // at least one ignored row, and one held by this shard
   tgt[1] = 1500;
-  auto dl = env.bf(logits);
-  auto dt = env.i32(tgt);
-  auto rm = env.f32_poison(N), se = env.f32_poison(N), tl = env.f32_poison(N), loss = env.f32_poison(N);
-  xent_row_max(rm.data(), dl.data(), N, V, env.ctx);
-  xent_sumexp(se.data(), tl.data(), dl.data(), rm.data(), dt.data(), N, V, start, env.ctx);
-  xent_loss(loss.data(), rm.data(), se.data(), tl.data(), N, dt.data(), env.ctx);
-  vector<double> L = to_double(logits), RM(N), SE(N), TL(N), LOSS(N), G(N * V);
-  stp::cpu::xent_row_max<double>(RM.data(), L.data(), N, V);
-  stp::cpu::xent_sumexp<double>(SE.data(), TL.data(), L.data(), RM.data(), tgt.data(), N, V, start);
-  stp::cpu::xent_loss<double>(LOSS.data(), RM.data(), SE.data(), TL.data(), N, tgt.data());
-  compare("xent_sumexp tlogit (ignored rows 0)", env.get(tl), TL, 1e-7);
-  auto got_loss = env.get(loss);
-  compare("xent_loss (ignored rows 0)", got_loss, LOSS, kTolF32);
-  CHECK(nonzero_ignored_rows(got_loss, tgt, 1) == 0);
-  auto g = env.bf_poison(N * V);
-  xent_backward(g.data(), dl.data(), rm.data(), se.data(), dt.data(), 0.5f, N, V, start, env.ctx);
-  stp::cpu::xent_backward<double>(G.data(), L.data(), RM.data(), SE.data(), tgt.data(), 0.5f, N, V, start);
-  auto got_g = env.get(g);
-  compare("xent_backward (ignored rows 0)", got_g, G, kTolBf16Out);
-  CHECK(nonzero_ignored_rows(got_g, tgt, V) == 0);
-
+  const XentRun x = xent_run(env, logits, tgt, N, V, start, true);  // xent_loss: the targets
+  compare("xent_sumexp tlogit (ignored rows 0)", x.tl, x.TL, 1e-7);
+  compare("xent_loss (ignored rows 0)", x.loss, x.LOSS, kTolF32);
+  CHECK(nonzero_ignored_rows(x.loss, tgt, 1) == 0);
+  compare("xent_backward (ignored rows 0)", x.g, x.G, kTolBf16Out);
+  CHECK(nonzero_ignored_rows(x.g, tgt, V) == 0);
   // Fused (TP = 1): the shard is the whole vocabulary; ignored rows stay -1.
-  for (auto& t : tgt)
-    if (t >= 0) t %= int(V);
-  auto dt1 = env.i32(tgt);
-  auto inplace = env.bf(logits);
-  auto floss = env.f32_poison(N);
-  xent_fused(floss.data(), inplace.data(), dt1.data(), 0.25f, N, V, env.ctx);
-  stp::cpu::xent_sumexp<double>(SE.data(), TL.data(), L.data(), RM.data(), tgt.data(), N, V, 0);
-  stp::cpu::xent_loss<double>(LOSS.data(), RM.data(), SE.data(), TL.data(), N, tgt.data());
-  stp::cpu::xent_backward<double>(G.data(), L.data(), RM.data(), SE.data(), tgt.data(), 0.25f, N, V, 0);
-  auto got_floss = env.get(floss), got_fg = env.get(inplace);
-  compare("xent_fused loss (ignored rows 0)", got_floss, LOSS, kTolF32);
-  compare("xent_fused dlogits (ignored rows 0)", got_fg, G, kTolBf16Out);
-  CHECK(nonzero_ignored_rows(got_floss, tgt, 1) == 0);
-  CHECK(nonzero_ignored_rows(got_fg, tgt, V) == 0);
+  compare("xent_fused loss (ignored rows 0)", x.fused_loss, x.FUSED_LOSS, kTolF32);
+  compare("xent_fused dlogits (ignored rows 0)", x.fused_g, x.FUSED_G, kTolBf16Out);
+  CHECK(nonzero_ignored_rows(x.fused_loss, tgt, 1) == 0);
+  CHECK(nonzero_ignored_rows(x.fused_g, tgt, V) == 0);
 }

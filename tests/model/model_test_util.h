@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "model/kernels/cpu/kernels.h"
 #include "model/reference.h"
 #include "runtime/core/config.h"
 
@@ -131,6 +132,40 @@ inline std::array<std::vector<double>, 2> vocab_shards(const std::vector<double>
     for (int r = 0; r < 2; ++r)
       for (int64_t v = 0; v < Vh; ++v) sh[size_t(r)][size_t(n * Vh + v)] = logits[size_t(n * V + r * Vh + v)];
   return sh;
+}
+
+// The vocab-parallel cross-entropy of (N, V) logits on the two vocab_shards, with the all-reduces
+// done by hand (row max: MAX, sum-exp and target logit: SUM), as Head and Loss run it over TP 2.
+// The backward runs per shard in place on the shard's logits (so every row must be overwritten)
+// at scale 0.5, and is assembled into the (N, V) gradient of the summed loss (doubled).
+struct XentShards {
+  std::array<std::vector<double>, 2> tlogit;    // each shard's target logits, before the SUM
+  std::vector<double> gmax, gse, gtl;           // the reduced row max, sum-exp, target logit (N)
+  std::vector<double> dlogits;                  // (N, V)
+};
+inline XentShards xent_two_shards(const std::vector<double>& logits, const std::vector<int>& tgt,
+                                  int64_t N, int64_t V) {
+  using Vec = std::vector<double>;
+  const int64_t Vh = V / 2;
+  std::array<Vec, 2> sh = vocab_shards(logits, N, V);
+  Vec mx[2] = {Vec(N), Vec(N)}, se[2] = {Vec(N), Vec(N)};
+  XentShards x{{Vec(N), Vec(N)}, Vec(N), Vec(N), Vec(N), Vec(N * V)};
+  for (int r = 0; r < 2; ++r) cpu::xent_row_max(mx[r].data(), sh[r].data(), N, Vh);
+  for (int64_t n = 0; n < N; ++n) x.gmax[n] = std::max(mx[0][n], mx[1][n]);
+  for (int r = 0; r < 2; ++r)
+    cpu::xent_sumexp(se[r].data(), x.tlogit[r].data(), sh[r].data(), x.gmax.data(), tgt.data(), N,
+                     Vh, r * Vh);
+  for (int64_t n = 0; n < N; ++n) {
+    x.gse[n] = se[0][n] + se[1][n];
+    x.gtl[n] = x.tlogit[0][n] + x.tlogit[1][n];
+  }
+  for (int r = 0; r < 2; ++r) {
+    cpu::xent_backward(sh[r].data(), sh[r].data(), x.gmax.data(), x.gse.data(), tgt.data(), 0.5f, N,
+                       Vh, r * Vh);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t v = 0; v < Vh; ++v) x.dlogits[n * V + r * Vh + v] = 2.0 * sh[r][n * Vh + v];
+  }
+  return x;
 }
 
 // Central finite difference of loss() in x[i], step h.

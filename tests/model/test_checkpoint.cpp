@@ -55,7 +55,7 @@ std::string open_error(const std::string& path) {
 
 }  // namespace
 
-TEST_CASE("safetensors: F32 round trip is exact; layout follows the spec", "[ckpt]") {
+TEST_CASE("safetensors: F32 round trip is exact, layout follows the spec", "[ckpt]") {
   // Fails if the header length is not little-endian u64, offsets are not relative to the data
   // section, the data section is not 8-byte aligned, or values / shapes / metadata change.
   TempDir tmp;

@@ -32,7 +32,7 @@ TEST_CASE("matmul_forward: small-integer product and bias are exact", "[kernels]
     }
 }
 
-TEST_CASE("matmul_backward: gradients match finite differences; accumulate adds", "[kernels]") {
+TEST_CASE("matmul_backward: gradients match finite differences, accumulate adds", "[kernels]") {
   // Fails if any of dinp / dweight / dbias is wrong, or if accumulate=false does not overwrite.
   const int64_t N = 5, C = 3, OC = 4;
   Vec inp = random_vec(N * C, 1), w = random_vec(OC * C, 2), b = random_vec(OC, 3),
@@ -174,7 +174,7 @@ TEST_CASE("swiglu: silu(gate) * up and FD gradient for gate and up", "[kernels]"
   CHECK(fd_max_rel_err(in, din, loss) < kFdTol);
 }
 
-TEST_CASE("rope: Hugging Face rotate_half convention; backward is the inverse rotation",
+TEST_CASE("rope: Hugging Face rotate_half convention, backward is the inverse rotation",
           "[kernels]") {
   // Fails if pairs are interleaved (GPT-J style) instead of (i, i + HD/2), the frequency exponent
   // is off, v heads are rotated, or the backward is not the transpose of the forward.
@@ -254,12 +254,12 @@ static void check_attention(int64_t NH, int64_t NKV, int64_t T = 6, int64_t B = 
   CHECK(fd_max_rel_err(qkv, dqkv, loss, 400) < kFdTol);
 }
 
-TEST_CASE("attention MHA: matches a naive causal softmax; dqkv matches FD", "[kernels]") {
+TEST_CASE("attention MHA: matches a naive causal softmax, dqkv matches FD", "[kernels]") {
   // Fails if the causal mask, the scale, lse, or any of dq/dk/dv is wrong.
   check_attention(4, 4);
 }
 
-TEST_CASE("attention GQA: kv heads shared by groups; dk/dv summed over the group", "[kernels]") {
+TEST_CASE("attention GQA: kv heads shared by groups, dk/dv summed over the group", "[kernels]") {
   // Fails if query head h reads the wrong kv head or the group's dk/dv contributions are not
   // summed.
   check_attention(4, 2);
@@ -288,7 +288,7 @@ TEST_CASE("attention: is causal (future tokens do not change the past)", "[kerne
   for (int64_t i = 0; i < 3 * 8; ++i) CHECK(out1[i] == out2[i]);
 }
 
-TEST_CASE("embedding: vocab shards sum to the full lookup; backward scatters by token",
+TEST_CASE("embedding: vocab shards sum to the full lookup, backward scatters by token",
           "[kernels]") {
   // Fails if rows outside the shard are not zero, the position row is wrong, or the backward
   // misses repeated tokens.
@@ -315,39 +315,21 @@ TEST_CASE("embedding: vocab shards sum to the full lookup; backward scatters by 
   CHECK(dwpe[0] == dout[0] + dout[3 * C]);          // positions 0 of both sequences
 }
 
-TEST_CASE("cross-entropy: vocab-parallel pieces equal the full softmax loss; FD gradient",
+TEST_CASE("cross-entropy: vocab-parallel pieces equal the full softmax loss, FD gradient",
           "[kernels]") {
   // Fails if the shard's target logit, the global max, the sum-exp or softmax - onehot is wrong.
-  const int64_t N = 4, V = 10, Vh = V / 2;
+  const int64_t N = 4, V = 10;
   Vec logits = random_vec(N * V, 71, 3.0);
   std::vector<int> tgt = {0, 4, 5, 9};
   auto full_loss = [&] { return xent_reference(logits, tgt, N, V); };
-  std::array<Vec, 2> sh = vocab_shards(logits, N, V);  // columns [0, 5) and [5, 10)
-  Vec mx[2] = {Vec(N), Vec(N)}, se[2] = {Vec(N), Vec(N)}, tl[2] = {Vec(N), Vec(N)};
-  for (int r = 0; r < 2; ++r) cpu::xent_row_max(mx[r].data(), sh[r].data(), N, Vh);
-  Vec gmax(N), gse(N), gtl(N), losses(N);
-  for (int64_t n = 0; n < N; ++n) gmax[n] = std::max(mx[0][n], mx[1][n]);  // all-reduce MAX
-  for (int r = 0; r < 2; ++r)
-    cpu::xent_sumexp(se[r].data(), tl[r].data(), sh[r].data(), gmax.data(), tgt.data(), N, Vh,
-                     r * Vh);
-  for (int64_t n = 0; n < N; ++n) {
-    gse[n] = se[0][n] + se[1][n];
-    gtl[n] = tl[0][n] + tl[1][n];
-  }
-  cpu::xent_loss(losses.data(), gmax.data(), gse.data(), gtl.data(), N, nullptr);
+  const XentShards x = xent_two_shards(logits, tgt, N, V);  // columns [0, 5) and [5, 10)
+  Vec losses(N);
+  cpu::xent_loss(losses.data(), x.gmax.data(), x.gse.data(), x.gtl.data(), N, nullptr);
   CHECK(std::accumulate(losses.begin(), losses.end(), 0.0) == Approx(full_loss()).epsilon(1e-12));
-  // Backward per shard, in place on the shard's logits, scaled by 0.5.
-  Vec dlogits(N * V);
-  for (int r = 0; r < 2; ++r) {
-    cpu::xent_backward(sh[r].data(), sh[r].data(), gmax.data(), gse.data(), tgt.data(), 0.5f, N, Vh,
-                       r * Vh);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t v = 0; v < Vh; ++v) dlogits[n * V + r * Vh + v] = 2.0 * sh[r][n * Vh + v];
-  }
-  CHECK(fd_max_rel_err(logits, dlogits, full_loss, 40) < kFdTol);
+  CHECK(fd_max_rel_err(logits, x.dlogits, full_loss, 40) < kFdTol);
 }
 
-TEST_CASE("adamw_update: matches the AdamW formula in double; thread split does not matter",
+TEST_CASE("adamw_update: matches the AdamW formula in double, thread split does not matter",
           "[kernels]") {
   // Fails if bias correction, decoupled decay, grad_scale or eps placement differs from
   // runtime/optimizer.h, or if the threaded split changes any element.

@@ -180,7 +180,7 @@ void check_table(const Config& cfg, const std::vector<int>& split) {
 
 }  // namespace
 
-TEST_CASE("units produce and read exactly the tensor table; bytes match a table walk", "[table]") {
+TEST_CASE("units produce and read exactly the tensor table, bytes match a table walk", "[table]") {
   // Fails if a unit keeps a tensor the table does not list (or skips one it lists), reads a
   // tensor it is not a listed reader of (the lowering would have freed it), or the store's byte
   // count drifts from elems * 4 of the live table tensors.

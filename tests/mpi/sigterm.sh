@@ -19,68 +19,42 @@
 set -u
 BIN=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
-OUT=$(mktemp -d /tmp/stp_sigterm_XXXXXX)
+# shellcheck source=SCRIPTDIR/../sigterm_lib.sh
+. "$HERE/../sigterm_lib.sh"
+sigterm_setup stp_sigterm
 export OPENBLAS_NUM_THREADS=1
 MPIRUN=(mpirun --oversubscribe --allow-run-as-root --bind-to none --mca odls_base_sigkill_timeout 3 -np 4)
 ARGS=(--config "$HERE/tiny_train.yaml" --set parallel.tp=2 --set parallel.pp=2 --set schedule.name=stp
       --set schedule.microbatches=6 --set train.lr_schedule=constant)
-PID=""
-cleanup() {
-  [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
-  rm -rf "$OUT"
-}
-trap cleanup EXIT
 FAIL=0
 fail() { echo "FAIL: $*"; FAIL=1; }
 
-# Starts a long run in the background (PID = mpirun) and waits for 3 lines of metrics.jsonl.
+# Starts a long 4-rank run with output.dir DIR in the background (PID = mpirun) and waits for 3 steps.
 start_long_run() {
   local dir=$1
   shift
-  "${MPIRUN[@]}" "$BIN" "${ARGS[@]}" --set train.steps=1000000 --set output.dir="$dir" "$@" >"$dir.log" 2>&1 &
-  PID=$!
-  for _ in $(seq 1 300); do
-    [ -f "$dir/metrics.jsonl" ] && [ "$(wc -l <"$dir/metrics.jsonl")" -ge 3 ] && return 0
-    sleep 0.1
-  done
-  tail -20 "$dir.log"
-  echo "FAIL: $dir: no 3 steps in 30 s"
-  exit 1
+  start_run "$dir" 30 "${MPIRUN[@]}" "$BIN" "${ARGS[@]}" --set train.steps=1000000 --set output.dir="$dir" "$@"
 }
 
-# The last step number in a metrics file (the summary line has none).
-last_step() {
-  python3 -c 'import json,sys; print([d for d in map(json.loads, open(sys.argv[1])) if "step" in d][-1]["step"])' "$1"
-}
-
-# Checks a SIGTERM stop: the log line, the complete checkpoint of the last step, the summary.
+# Checks a SIGTERM stop: the log line, the complete checkpoint of the last step (and no other), the
+# summary, no rank killed.
 check_stop() {
-  local name=$1 dir=$2 ckpt=$3 n
+  local name=$1 dir=$2 ckpt=$3 n steps
   n=$(last_step "$dir/metrics.jsonl")
   echo "#   $name: last step in metrics.jsonl: $n; $(grep -o 'SIGTERM: checkpoint.*' "$dir.log")"
-  grep -q "SIGTERM: checkpoint of step $n written to $ckpt; exiting" "$dir.log" ||
-    fail "$name: no 'SIGTERM: checkpoint of step $n written to $ckpt; exiting' in the log"
-  local step_dir shards steps
-  step_dir=$ckpt/$(printf 'step_%08d' "$n")
-  shards=$(find "$step_dir" -name 'rank_*.safetensors' 2>/dev/null | wc -l)
-  if [ ! -f "$step_dir/manifest.json" ] || [ "$shards" -ne 4 ]; then
-    fail "$name: $step_dir lacks the manifest or has $shards of 4 shards"
-  fi
+  check_checkpoint "$name" "$dir" "$ckpt" "$n" 4 || FAIL=1
   steps=$(find "$ckpt" -mindepth 1 -maxdepth 1 -name 'step_*' 2>/dev/null | wc -l)
   [ "$steps" -eq 1 ] || fail "$name: $steps checkpoints in $ckpt, expected the one of step $n"
   tail -1 "$dir/metrics.jsonl" | grep -q '"stopped":"SIGTERM: checkpoint of step' ||
     fail "$name: the summary line does not say the run stopped on SIGTERM"
   grep -Eq "signal 9|Killed|FATAL" "$dir.log" && fail "$name: a rank was killed or aborted"
-  eval "N_$name=$n"
 }
 
 T0=$(date +%s.%N)
 # --- A: SIGTERM to mpirun -------------------------------------------------------------------------
 start_long_run "$OUT/a"
 kill -TERM "$PID"
-wait "$PID"
-RC=$?
-PID=""
+reap
 echo "# A: kill -TERM mpirun: mpirun exited $RC"
 [ "$RC" -eq 1 ] || fail "A: mpirun exited $RC, expected 1 (Open MPI 4.1 after SIGTERM)"
 check_stop A "$OUT/a" "$OUT/a/checkpoint"
@@ -92,9 +66,7 @@ mapfile -t RANKS < <(pgrep -P "$PID")
 kill -TERM "${RANKS[@]}"
 sleep 0.05
 kill -TERM "${RANKS[@]}" 2>/dev/null
-wait "$PID"
-RC=$?
-PID=""
+reap
 echo "# B: kill -TERM (twice) every rank: mpirun exited $RC"
 [ "$RC" -eq 143 ] || fail "B: mpirun exited $RC, expected 143"
 check_stop B "$OUT/b" "$OUT/b_ckpt"
@@ -106,9 +78,7 @@ check_stop B "$OUT/b" "$OUT/b_ckpt"
 PID=$!
 for _ in $(seq 1 1000); do grep -q "# topology" "$OUT/c.log" && break; sleep 0.01; done
 kill -TERM "$PID"
-wait "$PID"
-RC=$?
-PID=""
+reap
 echo "# C: SIGTERM before step 1: exit $RC; $(grep -o 'SIGTERM.*' "$OUT/c.log")"
 [ "$RC" -eq 143 ] || fail "C: exit $RC, expected 143"
 grep -q "SIGTERM before step 1 completed: no checkpoint written; exiting" "$OUT/c.log" || fail "C: no message"
@@ -116,7 +86,7 @@ grep -q "step 1/" "$OUT/c.log" && fail "C: step 1 ran"
 [ -e "$OUT/c/checkpoint" ] && fail "C: a checkpoint was written"
 
 # --- D: resume from A's checkpoint against an uninterrupted run ------------------------------------
-N=${N_A:-0}
+N=$(last_step "$OUT/a/metrics.jsonl")
 if [ "$N" -ge 1 ]; then
   "${MPIRUN[@]}" "$BIN" "${ARGS[@]}" --set train.steps=$((N + 3)) --set train.resume=true \
     --set output.checkpoint.dir="$OUT/a/checkpoint" --set output.dir="$OUT/resumed" >"$OUT/resumed.log" 2>&1 ||

@@ -248,7 +248,7 @@ TEST_CASE("staged: input copied at the call, dropped handles still deliver, stag
 
 // Fails if bf16 payloads are not moved bit for bit (every 16-bit pattern, NaNs included), or the
 // MPI backend pretends to reduce them.
-TEST_CASE("bf16: moved bit for bit around the ring; reductions refused with a clear error", "[mpi][comm]") {
+TEST_CASE("bf16: moved bit for bit around the ring, reductions refused with a clear error", "[mpi][comm]") {
   auto c = make_comm(1, test_mpi_session().world_size(), 1);
   const GroupKind g = GroupKind::Pp;
   const int n = c->size(g), k = c->rank(g), next = (k + 1) % n, prev = (k + n - 1) % n;

@@ -233,7 +233,7 @@ int braid_points(const std::vector<RecordingBackend::Call>& c) {
 // the sequence of unit passes the real model ran must equal the program, op for op; for STP the
 // compute stream must really alternate the forward of one micro-batch with the backward of another
 // (the braid), for 1F1B never.
-TEST_CASE("the executor runs the lowered program op for op; STP's braid is executed", "[mpi][train][braid]") {
+TEST_CASE("the executor runs the lowered program op for op, STP's braid is executed", "[mpi][train][braid]") {
   const int world = test_mpi_session().world_size();
   const int tp = world >= 4 ? 2 : 1, pp = 2, dp = world >= 4 ? world / 4 : 1;
   for (const std::string name : {"stp", "1f1b"}) {

@@ -2,9 +2,6 @@
 // known contents, so every expected token is computed independently of the loader.
 #include <catch2/catch.hpp>
 
-#include <unistd.h>
-
-#include <cstdio>
 #include <set>
 #include <string>
 #include <vector>

@@ -4,10 +4,7 @@
 // expectation is computed by the code under test.
 #include <catch2/catch.hpp>
 
-#include <unistd.h>
-
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <string>

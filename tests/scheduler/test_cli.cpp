@@ -37,7 +37,7 @@ TEST_CASE("schedule --format csv prints the golden STP programs", "[cli]") {
   CHECK(out4 == read_golden("stp_p4_m12.csv"));
 }
 
-TEST_CASE("simulate --json has the documented keys; unit cost gives 6M+P-1 for STP", "[cli]") {
+TEST_CASE("simulate --json has the documented keys, unit cost gives 6M+P-1 for STP", "[cli]") {
   auto [rc, out] = run("simulate" + kBase + " --cost unit --json");
   REQUIRE(rc == 0);
   const auto j = nlohmann::json::parse(out);
