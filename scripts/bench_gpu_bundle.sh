@@ -31,8 +31,12 @@ for b in "${BINS[@]}"; do ldd "$BUILD/$b"; done | awk '/=>/ {print $1, $3}' | so
   [ -f "$path" ] || { echo "bundle: $name not found here ($path)" >&2; exit 1; }
   cp -L "$path" "$STAGE/lib/$name"
 done
-git -C "$ROOT" rev-parse --short HEAD > "$STAGE/BUILD_INFO" 2>/dev/null || echo unknown > "$STAGE/BUILD_INFO"
+git -C "$ROOT" describe --always --dirty > "$STAGE/BUILD_INFO" 2>/dev/null || echo unknown > "$STAGE/BUILD_INFO"
 date -u +%FT%TZ >> "$STAGE/BUILD_INFO"
+# The sources the binaries were built from (working tree, not HEAD), so gpu_check.sh can refuse to
+# spend a GPU session on a bundle older than the checkout it runs in.
+(cd "$ROOT" && git ls-files -z -- CMakeLists.txt cmake cmd comm model runtime scheduler tests \
+   | xargs -0 sha256sum) > "$STAGE/SOURCES.sha256"
 find "$STAGE/lib" -type f -printf '# bundled: %f\n' | sort
 tar -C "$BUILD" -cJf "$BUILD/gpu_bundle.tar.xz" gpu_bundle
 du -h "$BUILD/gpu_bundle.tar.xz" | awk '{print "# bundle: " $2 " (" $1 ")"}'

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <random>
+#include <string>
 
 #include "model/kernels/cpu/kernels.h"
 #include "model/kernels/cuda/kernels.h"
@@ -212,20 +213,27 @@ TEST_CASE("cross-entropy pieces and the fused kernel match the CPU", "[cuda][xen
   STP_REQUIRE_GPU();
   Env env;
   std::mt19937 rng(18);
-  const int64_t N = 70, V = 1000, start = 1000;  // this shard holds [1000, 2000) of 3000
-  auto logits = random_vec(N * V, rng, -6.f, 6.f);
-  vector<int> tgt(N);
-  std::uniform_int_distribution<int> ti(0, 2999);
-  for (auto& t : tgt) t = ti(rng);
-  const XentRun x = xent_run(env, logits, tgt, N, V, start, false);  // xent_loss: null targets
-  compare("xent_row_max", x.rm, x.RM, 1e-7);
-  compare("xent_sumexp", x.se, x.SE, kTolF32);
-  compare("xent_sumexp tlogit", x.tl, x.TL, 1e-7);
-  compare("xent_loss", x.loss, x.LOSS, kTolF32);
-  compare("xent_backward", x.g, x.G, kTolBf16Out);
-  // Fused (TP = 1): the shard is the whole vocabulary, targets inside it.
-  compare("xent_fused loss", x.fused_loss, x.FUSED_LOSS, kTolF32);
-  compare("xent_fused dlogits (in place)", x.fused_g, x.FUSED_G, kTolBf16Out);
+  // The shard holds [V, 2V) of 3V. V = 1000 fits one 4096-column pass of a row; V = 8200 takes
+  // three, so the per-thread accumulation across passes and the fused kernel's rescale of the
+  // running sum between them are exercised (every real vocabulary shard takes that path).
+  for (const int64_t V : {int64_t(1000), int64_t(8200)}) {
+    const int64_t N = V > 4096 ? 16 : 70, start = V;
+    const std::string tag = " V " + std::to_string(V);
+    auto logits = random_vec(N * V, rng, -6.f, 6.f);
+    vector<int> tgt(N);
+    std::uniform_int_distribution<int> ti(0, int(3 * V) - 1);
+    for (auto& t : tgt) t = ti(rng);
+    tgt[0] = int(start + V - 1);  // a target in this shard's last pass
+    const XentRun x = xent_run(env, logits, tgt, N, V, start, false);  // xent_loss: null targets
+    compare("xent_row_max" + tag, x.rm, x.RM, 1e-7);
+    compare("xent_sumexp" + tag, x.se, x.SE, kTolF32);
+    compare("xent_sumexp tlogit" + tag, x.tl, x.TL, 1e-7);
+    compare("xent_loss" + tag, x.loss, x.LOSS, kTolF32);
+    compare("xent_backward" + tag, x.g, x.G, kTolBf16Out);
+    // Fused (TP = 1): the shard is the whole vocabulary, targets inside it.
+    compare("xent_fused loss" + tag, x.fused_loss, x.FUSED_LOSS, kTolF32);
+    compare("xent_fused dlogits (in place)" + tag, x.fused_g, x.FUSED_G, kTolBf16Out);
+  }
 }
 
 TEST_CASE("AdamW matches the CPU update and writes the bf16 copy", "[cuda][optimizer]") {

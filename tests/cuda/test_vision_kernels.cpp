@@ -7,7 +7,7 @@
 
 #include <random>
 #include <string>
-#include <utility>
+#include <tuple>
 
 #include "model/kernels/cpu/kernels.h"
 #include "model/kernels/cuda/kernels.h"
@@ -21,11 +21,12 @@ TEST_CASE("rope2d forward/backward match the CPU and invert each other", "[cuda]
   STP_REQUIRE_GPU();
   Env env;
   std::mt19937 rng(21);
-  const int64_t B = 3, NH = 4, NKV = 2, HD = 64, W = (NH + 2 * NKV) * HD;
+  const int64_t B = 3, NH = 4, NKV = 2;
   const float theta = 10000.f;
-  for (auto [G, m] : vector<std::pair<int64_t, int64_t>>{{8, 2}, {6, 3}}) {
-    const int64_t Np = G * G;
-    const std::string tag = "rope2d G " + std::to_string(G) + " m " + std::to_string(m);
+  // HD 80 is the vision tower's head size (Qwen2-VL: 1280 / 16).
+  for (auto [G, m, HD] : vector<std::tuple<int64_t, int64_t, int64_t>>{{8, 2, 64}, {6, 3, 64}, {8, 2, 80}}) {
+    const int64_t Np = G * G, W = (NH + 2 * NKV) * HD;
+    const std::string tag = "rope2d G " + std::to_string(G) + " m " + std::to_string(m) + " HD " + std::to_string(HD);
     auto x = random_vec(B * Np * W, rng), dy = random_vec(B * Np * W, rng);
     auto dx = env.bf(x), ddy = env.bf(dy);
     vector<double> X = to_double(x), DY = to_double(dy);
@@ -72,22 +73,26 @@ TEST_CASE("cross-entropy with ignored targets matches the CPU, ignored rows are 
   STP_REQUIRE_GPU();
   Env env;
   std::mt19937 rng(22);
-  const int64_t N = 70, V = 1000, start = 1000;  // this shard holds [1000, 2000) of 3000
-  auto logits = random_vec(N * V, rng, -6.f, 6.f);
-  vector<int> tgt(N);
-  std::uniform_int_distribution<int> ti(0, 2999), ignore(0, 9);
-  for (auto& t : tgt) t = ignore(rng) < 3 ? -1 : ti(rng);
-  tgt[0] = -1;  // at least one ignored row, and one held by this shard
-  tgt[1] = 1500;
-  const XentRun x = xent_run(env, logits, tgt, N, V, start, true);  // xent_loss: the targets
-  compare("xent_sumexp tlogit (ignored rows 0)", x.tl, x.TL, 1e-7);
-  compare("xent_loss (ignored rows 0)", x.loss, x.LOSS, kTolF32);
-  CHECK(nonzero_ignored_rows(x.loss, tgt, 1) == 0);
-  compare("xent_backward (ignored rows 0)", x.g, x.G, kTolBf16Out);
-  CHECK(nonzero_ignored_rows(x.g, tgt, V) == 0);
-  // Fused (TP = 1): the shard is the whole vocabulary; ignored rows stay -1.
-  compare("xent_fused loss (ignored rows 0)", x.fused_loss, x.FUSED_LOSS, kTolF32);
-  compare("xent_fused dlogits (ignored rows 0)", x.fused_g, x.FUSED_G, kTolBf16Out);
-  CHECK(nonzero_ignored_rows(x.fused_loss, tgt, 1) == 0);
-  CHECK(nonzero_ignored_rows(x.fused_g, tgt, V) == 0);
+  // The shard holds [V, 2V) of 3V; V = 8200 takes three 4096-column passes of a row.
+  for (const int64_t V : {int64_t(1000), int64_t(8200)}) {
+    const int64_t N = V > 4096 ? 16 : 70, start = V;
+    const std::string tag = " (ignored rows 0) V " + std::to_string(V);
+    auto logits = random_vec(N * V, rng, -6.f, 6.f);
+    vector<int> tgt(N);
+    std::uniform_int_distribution<int> ti(0, int(3 * V) - 1), ignore(0, 9);
+    for (auto& t : tgt) t = ignore(rng) < 3 ? -1 : ti(rng);
+    tgt[0] = -1;  // at least one ignored row, and one held by this shard
+    tgt[1] = int(start + V / 2);
+    const XentRun x = xent_run(env, logits, tgt, N, V, start, true);  // xent_loss: the targets
+    compare("xent_sumexp tlogit" + tag, x.tl, x.TL, 1e-7);
+    compare("xent_loss" + tag, x.loss, x.LOSS, kTolF32);
+    CHECK(nonzero_ignored_rows(x.loss, tgt, 1) == 0);
+    compare("xent_backward" + tag, x.g, x.G, kTolBf16Out);
+    CHECK(nonzero_ignored_rows(x.g, tgt, V) == 0);
+    // Fused (TP = 1): the shard is the whole vocabulary; ignored rows stay -1.
+    compare("xent_fused loss" + tag, x.fused_loss, x.FUSED_LOSS, kTolF32);
+    compare("xent_fused dlogits" + tag, x.fused_g, x.FUSED_G, kTolBf16Out);
+    CHECK(nonzero_ignored_rows(x.fused_loss, tgt, 1) == 0);
+    CHECK(nonzero_ignored_rows(x.fused_g, tgt, V) == 0);
+  }
 }

@@ -4,6 +4,7 @@
 // instantiation is the very code the float product runs). Each test names what would fail it.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "model/kernels/cpu/fast_math.h"
@@ -131,6 +132,10 @@ TEST_CASE("exp_fast: within 3e-7 relative of exp over the softmax / GELU range",
   CHECK(std::isfinite(cpu::exp_fast(1000.0f)));
   CHECK(cpu::exp_fast(-1000.0f) > 0.0f);
   CHECK(cpu::exp_fast(0.0f) == 1.0f);
+  // A non-finite loss must reach the trainer's check as non-finite, not as a number.
+  CHECK(std::isnan(cpu::exp_fast(std::numeric_limits<float>::quiet_NaN())));
+  CHECK(std::isfinite(cpu::exp_fast(std::numeric_limits<float>::infinity())));
+  CHECK(cpu::exp_fast(-std::numeric_limits<float>::infinity()) > 0.0f);
 }
 
 TEST_CASE("gelu: tanh approximation values and FD gradient", "[kernels]") {

@@ -3,7 +3,8 @@
 // model's step). Float: Cephes' range reduction x = n ln2 + r and degree-6 polynomial,
 // |relative error| < 3e-7 (about 2 ulp, tested in test_kernels.cpp); input clamped to
 // [-87.3, 88], so it never returns 0 or inf (callers' limits: exp(-87.3) ~ 1e-38 acts as 0
-// next to 1). Double: std::exp, so the double-precision gradient checks stay exact references.
+// next to 1); NaN gives NaN. Double: std::exp, so the double-precision gradient checks stay
+// exact references.
 #pragma once
 
 #include <cmath>
@@ -14,7 +15,10 @@
 // for the baseline, and pick at load time by the CPU (GCC target_clones, an ifunc). The build stays
 // portable and the loops run ~2.8x faster where AVX2 exists (GELU: 4.6 -> 1.6 ms per 1.5M
 // elements). The two clones may round differently (FMA); one machine always runs the same clone.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// Off under ThreadSanitizer: the loader runs the ifunc resolvers before TSan's runtime is ready,
+// and an instrumented resolver crashes the process at start-up.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
 #define STP_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define STP_MULTIVERSION
@@ -34,7 +38,10 @@ inline float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (int32_t(n) + 127) << 23;  // 2^n
+  // 2^n from the exponent bits. A NaN input keeps y NaN (it propagates, as std::exp's would); its
+  // n is replaced by 0 here because converting NaN to an integer is undefined behaviour.
+  const float n_int = n == n ? n : 0.0f;
+  const uint32_t bits = uint32_t(int32_t(n_int) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, 4);
   return y * scale;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the CPU test suite under sanitizers: a CPU-only build (no CUDA: its kernels cannot run here)
+# with the host code instrumented, then CTest as scripts/test.sh runs it. Not part of CI (the
+# instrumented build takes about 9 minutes on 2 cores); run it before a release or after touching
+# memory-owning or threaded code. Any report fails the test that triggered it.
+#   scripts/sanitize.sh              # AddressSanitizer + UndefinedBehaviorSanitizer, build-asan/
+#   scripts/sanitize.sh thread       # ThreadSanitizer, build-tsan/ (the in-process tests; see below)
+#   scripts/sanitize.sh address -L model     # extra arguments go to ctest
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODE=${1:-address}
+[ $# -gt 0 ] && shift
+case "$MODE" in
+  address)
+    BUILD=$ROOT/build-asan
+    SAN=address,undefined,float-cast-overflow
+    # Open MPI and OpenBLAS keep process-lifetime allocations that LeakSanitizer would report.
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:strict_string_checks=1:detect_stack_use_after_return=1}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+    ;;
+  thread)
+    BUILD=$ROOT/build-tsan
+    SAN=thread
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+    # Open MPI's progress threads are not instrumented; its multi-rank tests stay with ASan.
+    set -- -LE mpi "$@"
+    ;;
+  *) echo "sanitize.sh: unknown mode '$MODE' (address or thread)" >&2; exit 2 ;;
+esac
+STP_BUILD_DIR=$BUILD \
+  STP_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTP_CUDA=OFF -DSTP_SANITIZE=$SAN" \
+  "$ROOT/scripts/setup.sh"
+cd "$BUILD"
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+ctest --output-on-failure -j "${STP_TEST_JOBS:-2}" "$@"
