@@ -8,8 +8,11 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+
+#include <xxhash.h>
 
 namespace stp {
 
@@ -94,6 +97,13 @@ int64_t numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// The data section's XXH3-64 as 16 lowercase hex digits.
+std::string data_checksum(const uint8_t* p, size_t n) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(XXH3_64bits(p, n)));
+  return buf;
+}
+
 void encode(const float* src, int64_t n, StDtype d, std::vector<uint8_t>& out) {
   const size_t at = out.size();
   out.resize(at + size_t(n) * size_t(st_dtype_size(d)));
@@ -153,8 +163,9 @@ std::string write_atomic(const std::string& path, const std::vector<uint8_t>& by
 
 std::string safetensors_write(const std::string& path, const std::vector<StTensorIn>& tensors,
                               const std::map<std::string, std::string>& metadata) {
+  if (metadata.count(kStChecksumKey))
+    return "safetensors_write '" + path + "': metadata key '" + kStChecksumKey + "' is reserved for the checksum";
   nlohmann::json header = nlohmann::json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
   std::vector<uint8_t> data;
   for (const StTensorIn& t : tensors) {
     if (t.name.empty() || t.name == "__metadata__" || header.contains(t.name))
@@ -167,6 +178,9 @@ std::string safetensors_write(const std::string& path, const std::vector<StTenso
                       {"shape", t.shape},
                       {"data_offsets", {begin, uint64_t(data.size())}}};
   }
+  std::map<std::string, std::string> meta = metadata;
+  meta[kStChecksumKey] = data_checksum(data.data(), data.size());
+  header["__metadata__"] = meta;
   std::string h;
   try {
     h = header.dump();  // throws only on invalid UTF-8 in a name or metadata value
@@ -203,6 +217,13 @@ std::string SafetensorsFile::open(const std::string& path, SafetensorsFile* out)
   f.data_start_ = 8 + n;
   std::string e = f.parse_header(std::string(f.bytes_.begin() + 8, f.bytes_.begin() + 8 + long(n)));
   if (!e.empty()) return "safetensors '" + path + "': " + e;
+  const auto sum = f.metadata_.find(kStChecksumKey);
+  if (sum != f.metadata_.end()) {
+    const std::string got = data_checksum(f.bytes_.data() + f.data_start_, f.bytes_.size() - f.data_start_);
+    if (got != sum->second)
+      return "safetensors '" + path + "': data checksum mismatch (" + kStChecksumKey + " stored " + sum->second +
+             ", computed " + got + "): the tensor data changed after the file was written (damaged or edited)";
+  }
   *out = std::move(f);
   return "";
 }
@@ -225,9 +246,14 @@ std::string parse_entry(const std::string& name, const nlohmann::json& v,
   else
     return "tensor '" + name + "': unsupported dtype " + d + " (F32, BF16, F16 are)";
   if (!sh.is_array()) return "tensor '" + name + "': shape is not an array";
+  uint64_t bytes = uint64_t(st_dtype_size(e->dtype));
   for (const auto& x : sh) {
     if (!x.is_number_integer() || x.get<int64_t>() < 0)
       return "tensor '" + name + "': shape " + sh.dump() + " has a non-integer or negative dim";
+    const uint64_t d = uint64_t(x.get<int64_t>());
+    if (d != 0 && bytes > (uint64_t(1) << 62) / d)
+      return "tensor '" + name + "': shape " + sh.dump() + " is too large for any file";
+    bytes *= d;
     e->shape.push_back(x.get<int64_t>());
   }
   if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
@@ -235,7 +261,7 @@ std::string parse_entry(const std::string& name, const nlohmann::json& v,
     return "tensor '" + name + "': data_offsets " + off.dump() + " is not [begin, end]";
   e->begin = off[0].get<uint64_t>();
   e->end = off[1].get<uint64_t>();
-  const uint64_t want = uint64_t(numel(e->shape)) * uint64_t(st_dtype_size(e->dtype));
+  const uint64_t want = bytes;
   if (e->end < e->begin || e->end - e->begin != want)
     return "tensor '" + name + "': data_offsets [" + std::to_string(e->begin) + ", " +
            std::to_string(e->end) + "] hold " + std::to_string(e->end - e->begin) + " bytes, but " +

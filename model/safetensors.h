@@ -8,9 +8,15 @@
 // - Writing is atomic: a temporary file in the same directory, fsync, rename over the target,
 //   fsync of the directory. A crash leaves the old file or the new one, never half of one.
 // - Reading validates everything before use: header length within the file, JSON shape, known
-//   dtype, shape dims >= 0, end - begin == elements * dtype size, and offsets that tile the data
-//   section exactly (sorted, no gap, no overlap, nothing past the end: a truncated file is an
-//   error). Every error names the file and the tensor; a shape mismatch prints expected and found.
+//   dtype, shape dims >= 0 (and a byte size that fits 64 bits), end - begin == elements * dtype
+//   size, and offsets that tile the data section exactly (sorted, no gap, no overlap, nothing past
+//   the end: a truncated file is an error). Every error names the file and the tensor; a shape
+//   mismatch prints expected and found.
+// - Integrity: every file written here carries the XXH3-64 hash of its data section in
+//   __metadata__ under kStChecksumKey (16 lowercase hex digits). open() recomputes it and refuses
+//   the file on a mismatch, so a flipped bit or an overwritten range in the tensor data is an
+//   error rather than silently different weights. Files without the key (Hugging Face's, or ours
+//   from before it existed) are read as before; the key is reserved to the writer.
 // - No exception leaves this API: errors are strings ("" = ok).
 #pragma once
 
@@ -32,6 +38,9 @@ struct StTensorIn {
   const float* data = nullptr;
   StDtype dtype = StDtype::F32;
 };
+
+// The __metadata__ key of the data section's checksum (see the contract above).
+inline constexpr const char* kStChecksumKey = "stp.data_xxh3_64";
 
 std::string safetensors_write(const std::string& path, const std::vector<StTensorIn>& tensors,
                               const std::map<std::string, std::string>& metadata = {});

@@ -132,16 +132,35 @@ ManifestResult checkpoint_read_manifest(const std::string& root, int64_t step,
   return r;
 }
 
-std::string checkpoint_write_shard(const std::string& path, const ShardMap& tensors) {
+std::string checkpoint_write_shard(const std::string& path, const ShardMap& tensors, ShardOrigin origin) {
   std::vector<StTensorIn> in;
   in.reserve(tensors.size());
   for (const auto& kv : tensors) in.push_back(StTensorIn{kv.first, kv.second.shape, kv.second.data.data(), StDtype::F32});
-  return safetensors_write(path, in, {{"format", "stp-checkpoint-shard-1"}});
+  std::map<std::string, std::string> meta = {{"format", "stp-checkpoint-shard-1"}};
+  if (origin.step >= 0) meta["step"] = std::to_string(origin.step);
+  if (origin.rank >= 0) meta["rank"] = std::to_string(origin.rank);
+  return safetensors_write(path, in, meta);
 }
 
-std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors) {
+namespace {
+
+// "" when the shard's recorded `key` (step or rank) is absent or equals `want` (< 0: not checked).
+std::string origin_mismatch(const SafetensorsFile& f, const std::string& path, const char* key, int64_t want) {
+  const auto it = f.metadata().find(key);
+  if (want < 0 || it == f.metadata().end()) return {};
+  if (it->second == std::to_string(want)) return {};
+  return "checkpoint shard '" + path + "' holds " + key + " " + it->second + ", expected " + key + " " +
+         std::to_string(want) + " (a shard copied in from another checkpoint or rank?)";
+}
+
+}  // namespace
+
+std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors, ShardOrigin expect) {
   SafetensorsFile f;
   std::string err = SafetensorsFile::open(path, &f);
+  if (!err.empty()) return err;
+  err = origin_mismatch(f, path, "step", expect.step);
+  if (err.empty()) err = origin_mismatch(f, path, "rank", expect.rank);
   if (!err.empty()) return err;
   for (const auto& kv : f.entries()) {
     ShardTensor t;
@@ -159,7 +178,8 @@ std::string checkpoint_save(const CheckpointSite& site, const std::string& root,
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   std::string err = ec ? "cannot create '" + dir + "': " + ec.message() : std::string();
-  if (err.empty()) err = checkpoint_write_shard((std::filesystem::path(dir) / checkpoint_shard_name(site.rank)).string(), shard);
+  if (err.empty()) err = checkpoint_write_shard((std::filesystem::path(dir) / checkpoint_shard_name(site.rank)).string(), shard,
+                                                   ShardOrigin{step, site.rank});
   // The vote: rank 0 writes the manifest only when every shard is on disk.
   bool bad = false;
   const CommStatus st = comm_any(*site.comm, !err.empty(), cfg.train.timeout_s, &bad);
@@ -184,7 +204,7 @@ std::string checkpoint_load(const CheckpointSite& site, int64_t* step, ShardMap*
   ManifestResult man = checkpoint_read_manifest(root, *step, checkpoint_compat(cfg, site.chunks, site.placement));
   if (!man.error.empty()) return man.error;
   *path = (std::filesystem::path(checkpoint_step_dir(root, *step)) / checkpoint_shard_name(site.rank)).string();
-  return checkpoint_read_shard(*path, shard);
+  return checkpoint_read_shard(*path, shard, ShardOrigin{*step, site.rank});
 }
 
 namespace {

@@ -52,15 +52,22 @@ ManifestResult checkpoint_read_manifest(const std::string& root, int64_t step,
                                         const nlohmann::json& compat);
 
 // One rank's shard: named fp32 tensors in a safetensors file (model/safetensors.h: atomic write,
-// validated read).
+// validated read, data checksum).
 struct ShardTensor {
   std::vector<int64_t> shape;
   std::vector<float> data;
 };
 using ShardMap = std::map<std::string, ShardTensor>;
-std::string checkpoint_write_shard(const std::string& path, const ShardMap& tensors);
-// Reads every tensor; errors name the file and what is malformed.
-std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors);
+// Which step and global rank a shard holds, recorded in its metadata ("step", "rank"); -1 = none.
+struct ShardOrigin {
+  int64_t step = -1;
+  int rank = -1;
+};
+std::string checkpoint_write_shard(const std::string& path, const ShardMap& tensors, ShardOrigin origin = {});
+// Reads every tensor; errors name the file and what is malformed. Where `expect` names a step or a
+// rank (>= 0) and the file records one, they must agree, so a shard copied in from another step or
+// another rank is refused instead of loaded.
+std::string checkpoint_read_shard(const std::string& path, ShardMap* tensors, ShardOrigin expect = {});
 
 
 // Where a run saves and resumes (every trainer: the CPU one and the CUDA one).

@@ -25,7 +25,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 // The shards of DP rank 0, read on first use: global rank -> tensors.
 class ShardCache {
  public:
-  explicit ShardCache(std::string dir) : dir_(std::move(dir)) {}
+  ShardCache(std::string dir, int64_t step) : dir_(std::move(dir)), step_(step) {}
   std::string get(int rank, const ShardMap** out) {
     auto it = shards_.find(rank);
     if (it == shards_.end()) {
@@ -33,7 +33,7 @@ class ShardCache {
       ShardMap m;
       std::error_code ec;
       if (!std::filesystem::exists(path, ec)) return "checkpoint shard '" + path + "' is missing";
-      std::string err = checkpoint_read_shard(path, &m);
+      std::string err = checkpoint_read_shard(path, &m, ShardOrigin{step_, rank});
       if (!err.empty()) return err;
       it = shards_.emplace(rank, std::move(m)).first;
     }
@@ -44,6 +44,7 @@ class ShardCache {
 
  private:
   std::string dir_;
+  int64_t step_;
   std::map<int, ShardMap> shards_;
 };
 
@@ -83,7 +84,7 @@ std::string checkpoint_full_state(const Config& cfg_in, const std::string& root,
 
   const ModelDesc desc = model_desc_build(cfg, chunks, config_stage_layers(cfg));
   const int TP = cfg.parallel.tp, PP = cfg.parallel.pp;
-  ShardCache cache(checkpoint_step_dir(root, *latest));
+  ShardCache cache(checkpoint_step_dir(root, *latest), *latest);
   std::set<std::string> seen;
   FullState out;
   for (const StageDesc& sd : desc.stages) {

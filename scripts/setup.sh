@@ -9,7 +9,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${STP_BUILD_DIR:-$ROOT/build}
 
 PKGS=(build-essential cmake ccache pkg-config libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
-      libspdlog-dev catch2 libopenmpi-dev openmpi-bin libopenblas-dev python3-pip)
+      libspdlog-dev catch2 libopenmpi-dev openmpi-bin libopenblas-dev libxxhash-dev python3-pip)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,6 +1,7 @@
 // test_checkpoint.cpp: safetensors reader/writer and Hugging Face export/import. Round trips are
 // exact in F32 and within the dtype's rounding in BF16/F16; damaged files (truncated, corrupt
-// header, bad offsets, wrong dtype or shape) are errors that name the tensor; export -> import
+// header, bad offsets, wrong dtype or shape, changed data under the checksum) are errors that name
+// the tensor or the file; export -> import
 // reproduces the logits bit for bit.
 #include <unistd.h>
 
@@ -177,6 +178,49 @@ TEST_CASE("safetensors: damaged files are errors that name the tensor", "[ckpt]"
     CHECK(e.find("[3, 4]") != std::string::npos);
     CHECK(e.find("expected [4, 3]") != std::string::npos);
     CHECK(f.read_f32("gamma", {1}, &r).find("'gamma' is missing") != std::string::npos);
+  }
+  SECTION("a flipped bit in the tensor data fails the checksum, naming the file") {
+    SafetensorsFile f;
+    REQUIRE(SafetensorsFile::open(good, &f) == "");
+    REQUIRE(f.metadata().count(kStChecksumKey) == 1);
+    CHECK(f.metadata().at(kStChecksumKey).size() == 16);
+    for (const size_t from_end : {size_t(1), size_t(40)}) {  // in 'beta', in 'alpha'
+      std::vector<uint8_t> bad = bytes;
+      bad[bad.size() - from_end] ^= 0x10;
+      const std::string p = tmp.file("flip.safetensors");
+      write_bytes(p, bad);
+      const std::string e = open_error(p);
+      CHECK(e.find("flip.safetensors") != std::string::npos);
+      CHECK(e.find("checksum mismatch") != std::string::npos);
+    }
+  }
+  SECTION("the checksum is XXH3-64 of the data section (known answer: empty data)") {
+    const std::string p = tmp.file("empty.safetensors");
+    REQUIRE(safetensors_write(p, {}) == "");
+    SafetensorsFile f;
+    REQUIRE(SafetensorsFile::open(p, &f) == "");
+    CHECK(f.metadata().at(kStChecksumKey) == "2d06800538d394c2");  // xxHash's published XXH3_64bits("")
+  }
+  SECTION("the checksum key is reserved to the writer") {
+    const std::string e = safetensors_write(tmp.file("r.safetensors"), {{"a", {12}, a.data()}},
+                                            {{kStChecksumKey, "0000000000000000"}});
+    CHECK(e.find("reserved") != std::string::npos);
+  }
+  SECTION("a file without a checksum (as other writers make them) is read as before") {
+    const std::string p = tmp.file("plain.safetensors");
+    write_raw(p, R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 8);
+    SafetensorsFile f;
+    REQUIRE(SafetensorsFile::open(p, &f) == "");
+    std::vector<float> r;
+    REQUIRE(f.read_f32("w", {2}, &r) == "");
+    CHECK(r == std::vector<float>{0.f, 0.f});
+  }
+  SECTION("a shape whose byte size overflows 64 bits is refused") {
+    const std::string p = tmp.file("huge.safetensors");
+    write_raw(p, R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 0]}})", 0);
+    const std::string e = open_error(p);
+    CHECK(e.find("'w'") != std::string::npos);
+    CHECK(e.find("too large") != std::string::npos);
   }
   SECTION("unwritable directory is an error value") {
     const std::string e =

@@ -179,6 +179,53 @@ TEST_CASE("a checkpoint from another config is refused naming the key", "[traine
   std::filesystem::remove_all(dir);
 }
 
+// Fails if resume loads a shard whose data was damaged, or a shard copied in from another step or
+// rank, instead of refusing it with the file named.
+TEST_CASE("resume refuses a damaged shard or one from another step or rank", "[trainer][checkpoint]") {
+  const std::string dir = temp_dir();
+  Config cfg = small("1f1b", 2);
+  cfg.output.checkpoint.dir = dir;
+  Run a(cfg);
+  REQUIRE(a.error.empty());
+  for (int s = 1; s <= 2; ++s) {
+    train(*a.tr, 1);
+    REQUIRE(a.tr->save_checkpoint().empty());
+  }
+  const std::string shard2 = checkpoint_step_dir(dir, 2) + "/" + checkpoint_shard_name(0);
+  const std::string shard1 = checkpoint_step_dir(dir, 1) + "/" + checkpoint_shard_name(0);
+  cfg.train.resume = true;
+  auto resume_error = [&] {
+    Run b(cfg);
+    REQUIRE(b.error.empty());
+    return b.tr->resume();
+  };
+  SECTION("one flipped bit in the data") {
+    std::fstream f(shard2, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-5, std::ios::end);
+    const char c = char(f.get() ^ 0x01);
+    f.seekp(-5, std::ios::end);
+    f.put(c);
+    f.close();
+    CHECK_THAT(resume_error(), Catch::Contains(shard2) && Catch::Contains("checksum mismatch"));
+  }
+  SECTION("step 1's shard copied into step 2") {
+    std::filesystem::copy_file(shard1, shard2, std::filesystem::copy_options::overwrite_existing);
+    CHECK_THAT(resume_error(), Catch::Contains(shard2) && Catch::Contains("holds step 1, expected step 2"));
+  }
+  SECTION("another rank's shard") {
+    ShardMap m;
+    REQUIRE(checkpoint_read_shard(shard2, &m, ShardOrigin{2, 0}).empty());
+    const std::string other = dir + "/other.safetensors";
+    REQUIRE(checkpoint_write_shard(other, m, ShardOrigin{2, 3}).empty());
+    CHECK_THAT(checkpoint_read_shard(other, &m, ShardOrigin{2, 0}),
+               Catch::Contains(other) && Catch::Contains("holds rank 3, expected rank 0"));
+  }
+  SECTION("the intact shard resumes") {
+    CHECK(resume_error().empty());
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // Fails if bad data is accepted or its error loses the file name.
 TEST_CASE("bad data inputs are refused at set-up with the file named", "[trainer]") {
   Config cfg = small("gpipe", 1);
