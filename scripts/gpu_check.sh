@@ -11,7 +11,8 @@
 #   2. the kernel harness, one process per area: test_cuda "[cuda][<area>]"
 #   2b. train.device=cuda (issue 7): test_cuda "[cuda][train]", two cases of 20 steps through NCCL
 #      against the CPU trainer at tp=pp=dp=1 (the tiny GPT on 1F1B and its llama-style twin on ZB-V;
-#      bounds in tests/cuda/test_cuda_train.cpp), then stp-train itself on the tiny GPT at
+#      bounds in tests/cuda/test_cuda_train.cpp) and a third that compares every parameter's
+#      step-1 gradient with the CPU's (a table in the log that names a wrong unit pass), then stp-train itself on the tiny GPT at
 #      tp=pp=dp=1 with device cpu and device cuda, both loss curves, tokens/s, MFU (H200 peak) and
 #      peak memory side by side. stp-train comes from the bundle (gpu_bundle/stp-train) or
 #      STP_TRAIN_BIN; without one 2b's stp-train part and 2c say SKIPPED.
