@@ -230,6 +230,17 @@ std::string SafetensorsFile::open(const std::string& path, SafetensorsFile* out)
 
 namespace {
 
+// A JSON value from the file, for an error message: short arrays of scalars in full, anything else
+// by its kind and size (nlohmann's dump() recurses, so a hostile, deeply nested value must not be
+// printed).
+std::string json_brief(const nlohmann::json& v) {
+  if (v.is_array() && v.size() <= 8 &&
+      std::all_of(v.begin(), v.end(), [](const nlohmann::json& x) { return x.is_primitive(); }))
+    return v.dump();
+  if (v.is_primitive()) return v.dump().substr(0, 64);
+  return std::string(v.type_name()) + " of " + std::to_string(v.size());
+}
+
 std::string parse_entry(const std::string& name, const nlohmann::json& v,
                         SafetensorsFile::Entry* e) {
   if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
@@ -249,16 +260,16 @@ std::string parse_entry(const std::string& name, const nlohmann::json& v,
   uint64_t bytes = uint64_t(st_dtype_size(e->dtype));
   for (const auto& x : sh) {
     if (!x.is_number_integer() || x.get<int64_t>() < 0)
-      return "tensor '" + name + "': shape " + sh.dump() + " has a non-integer or negative dim";
+      return "tensor '" + name + "': shape " + json_brief(sh) + " has a non-integer or negative dim";
     const uint64_t d = uint64_t(x.get<int64_t>());
     if (d != 0 && bytes > (uint64_t(1) << 62) / d)
-      return "tensor '" + name + "': shape " + sh.dump() + " is too large for any file";
+      return "tensor '" + name + "': shape " + json_brief(sh) + " is too large for any file";
     bytes *= d;
     e->shape.push_back(x.get<int64_t>());
   }
   if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
       !off[1].is_number_unsigned())
-    return "tensor '" + name + "': data_offsets " + off.dump() + " is not [begin, end]";
+    return "tensor '" + name + "': data_offsets " + json_brief(off) + " is not [begin, end]";
   e->begin = off[0].get<uint64_t>();
   e->end = off[1].get<uint64_t>();
   const uint64_t want = bytes;

@@ -131,7 +131,7 @@ def bench(c, steps):
         if i >= 2:
             times.append(dt)
     med = statistics.median(times)
-    return med, B * T / (med / 1000), float(loss)
+    return med, B * T / (med / 1000), float(loss.detach())
 
 
 def main():

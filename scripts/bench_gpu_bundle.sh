@@ -19,6 +19,12 @@ if [ ! -f "$BUILD/CMakeCache.txt" ]; then
         "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--as-needed" >/dev/null
 fi
 BINS=(test_cuda stp-train)
+# Hashed before and after the build: an edit while it compiled would make the two differ.
+hash_sources() {
+  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- CMakeLists.txt cmake cmd comm model \
+     runtime scheduler tests | while IFS= read -r -d '' f; do [ -f "$f" ] && sha256sum "$f"; done; true)
+}
+before=$(hash_sources)
 cmake --build "$BUILD" -j2 --target "${BINS[@]}"
 
 STAGE=$BUILD/gpu_bundle
@@ -35,8 +41,11 @@ git -C "$ROOT" describe --always --dirty > "$STAGE/BUILD_INFO" 2>/dev/null || ec
 date -u +%FT%TZ >> "$STAGE/BUILD_INFO"
 # The sources the binaries were built from (working tree, not HEAD), so gpu_check.sh can refuse to
 # spend a GPU session on a bundle older than the checkout it runs in.
-(cd "$ROOT" && git ls-files -z -- CMakeLists.txt cmake cmd comm model runtime scheduler tests \
-   | xargs -0 sha256sum) > "$STAGE/SOURCES.sha256"
+hash_sources > "$STAGE/SOURCES.sha256"
+if [ "$before" != "$(cat "$STAGE/SOURCES.sha256")" ]; then
+  echo "bundle: sources changed during the build; run it again" >&2
+  exit 1
+fi
 find "$STAGE/lib" -type f -printf '# bundled: %f\n' | sort
 tar -C "$BUILD" -cJf "$BUILD/gpu_bundle.tar.xz" gpu_bundle
 du -h "$BUILD/gpu_bundle.tar.xz" | awk '{print "# bundle: " $2 " (" $1 ")"}'

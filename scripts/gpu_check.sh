@@ -7,7 +7,8 @@
 # (test_cuda, stp-train and the non-NVIDIA shared libraries they need). Steps, each with its own
 # PASS/FAIL/SKIPPED line and time limit, each in its own process so one crash does not stop the rest:
 #   1. device and library discovery (ldd must resolve everything test_cuda and stp-train need), and
-#      the bundle's SOURCES.sha256 against this checkout (a stale bundle is a FAIL line, first)
+#      the bundle's SOURCES.sha256 against this checkout (a stale bundle is a FAIL line, first, and
+#      then nothing runs on the GPU unless STP_ALLOW_STALE=1)
 #   2. the kernel harness, one process per area: test_cuda "[cuda][<area>]"
 #   2b. train.device=cuda (issue 7): test_cuda "[cuda][train]", two cases of 20 steps through NCCL
 #      against the CPU trainer at tp=pp=dp=1 (the tiny GPT on 1F1B and its llama-style twin on ZB-V;
@@ -75,19 +76,29 @@ if [ -f "$BUNDLE" ] && tar -C "$WORK" -xJf "$BUNDLE"; then
   BIN=$WORK/gpu_bundle/test_cuda
   say "# bundle $(tr '\n' ' ' < "$WORK/gpu_bundle/BUILD_INFO")"
   # A bundle built from other sources than this checkout would test old code: say so first.
+  # Unless STP_ALLOW_STALE=1, a stale or unverifiable bundle runs nothing on the GPU.
+  STALE=""
   if [ -f "$WORK/gpu_bundle/SOURCES.sha256" ]; then
     stale=$(cd "$ROOT" && sha256sum -c --quiet "$WORK/gpu_bundle/SOURCES.sha256" 2>/dev/null | sed -n 's/: FAILED.*$//p' | head -5)
     if [ -n "$stale" ]; then
-      result "FAIL    bundle is stale: built from other sources than this checkout ($(tr '\n' ' ' <<<"$stale"))"
+      STALE="built from other sources than this checkout ($(tr '\n' ' ' <<<"$stale"))"
     else
       result "PASS    bundle built from this checkout's sources"
     fi
+  else
+    STALE="no SOURCES.sha256 (made by an older bench_gpu_bundle.sh)"
   fi
+  [ -n "$STALE" ] && result "FAIL    bundle is stale: $STALE"
 else
   result "FAIL    bundle ($BUNDLE missing or unreadable: run scripts/bench_gpu_bundle.sh and carry it)"
   BIN=""
 fi
 TRAIN_BIN=${STP_TRAIN_BIN:-$WORK/gpu_bundle/stp-train}
+if [ -n "${STALE:-}" ] && [ "${STP_ALLOW_STALE:-0}" != 1 ]; then
+  say "# stale bundle: every GPU step is skipped (rebuild with scripts/bench_gpu_bundle.sh, or STP_ALLOW_STALE=1)"
+  BIN=""
+  TRAIN_BIN=/nonexistent/stp-train
+fi
 
 # Directories holding the NVIDIA libraries the bundle leaves out: the toolkit, then Python wheels.
 find_lib_dir() {

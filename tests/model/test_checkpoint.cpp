@@ -223,6 +223,14 @@ TEST_CASE("safetensors: damaged files are errors that name the tensor", "[ckpt]"
     CHECK(e.find("'w'") != std::string::npos);
     CHECK(e.find("too large") != std::string::npos);
   }
+  SECTION("a deeply nested shape or data_offsets is an error, not a stack overflow") {
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    const std::string p = tmp.file("deep.safetensors");
+    write_raw(p, R"({"w": {"dtype": "F32", "shape": )" + deep + R"(, "data_offsets": [0, 0]}})", 0);
+    CHECK(open_error(p).find("'w'") != std::string::npos);
+    write_raw(p, R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": )" + deep + "}}", 0);
+    CHECK(open_error(p).find("data_offsets array of 1") != std::string::npos);
+  }
   SECTION("unwritable directory is an error value") {
     const std::string e =
         safetensors_write(tmp.file("no/such/dir/x.safetensors"), {{"a", {12}, a.data()}});
