@@ -202,9 +202,14 @@ std::string safetensors_write(const std::string& path, const std::vector<StTenso
 std::string SafetensorsFile::open(const std::string& path, SafetensorsFile* out) {
   SafetensorsFile f;
   f.path_ = path;
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) return sys_error("safetensors: cannot open", path);
-  f.bytes_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  const std::streamoff size = in.tellg();
+  if (size < 0) return sys_error("safetensors: cannot size", path);
+  f.bytes_.resize(size_t(size));
+  in.seekg(0);
+  if (!in.read(reinterpret_cast<char*>(f.bytes_.data()), size))
+    return sys_error("safetensors: cannot read", path);
   if (f.bytes_.size() < 8)
     return "safetensors '" + path + "': file has " + std::to_string(f.bytes_.size()) +
            " bytes, too short for the 8-byte header length (truncated?)";
