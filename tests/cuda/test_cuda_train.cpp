@@ -70,6 +70,19 @@ Config tiny_gpt_1x1x1() {
   return c;
 }
 
+// The llama-style twin of tiny_gpt_1x1x1() on ZB-V (two virtual stages on the one rank, tied).
+Config tiny_llama_zbv_1x1x1() {
+  Config c = tiny_gpt_1x1x1();
+  c.model.norm = "rmsnorm";
+  c.model.activation = "swiglu";
+  c.model.position = "rope";
+  c.model.qkv_bias = false;
+  c.model.bias = false;
+  c.model.tie_embeddings = true;
+  c.schedule.name = "zb-v";
+  return c;
+}
+
 std::vector<double> read_losses(const std::string& path) {
   std::vector<double> out;
   std::ifstream f(path);
@@ -116,31 +129,14 @@ TEST_CASE("cuda train: tp=pp=dp=1 through NCCL tracks the CPU trainer's loss", "
 
 TEST_CASE("cuda train: a llama-style model on ZB-V (two stages on one rank, tied) tracks the CPU", "[cuda][train]") {
   STP_REQUIRE_GPU();
-  Config cfg = tiny_gpt_1x1x1();
-  cfg.model.norm = "rmsnorm";
-  cfg.model.activation = "swiglu";
-  cfg.model.position = "rope";
-  cfg.model.qkv_bias = false;
-  cfg.model.bias = false;
-  cfg.model.tie_embeddings = true;
-  cfg.schedule.name = "zb-v";
-  check_tracks_cpu(cfg, "llama_zbv");
+  check_tracks_cpu(tiny_llama_zbv_1x1x1(), "llama_zbv");
 }
 
 TEST_CASE("cuda train: every parameter's step-1 gradient matches the CPU's", "[cuda][train]") {
   STP_REQUIRE_GPU();
   for (const bool llama : {false, true}) {
-    Config cfg = tiny_gpt_1x1x1();
+    Config cfg = llama ? tiny_llama_zbv_1x1x1() : tiny_gpt_1x1x1();
     const std::string name = llama ? "llama_zbv" : "gpt";
-    if (llama) {
-      cfg.model.norm = "rmsnorm";
-      cfg.model.activation = "swiglu";
-      cfg.model.position = "rope";
-      cfg.model.qkv_bias = false;
-      cfg.model.bias = false;
-      cfg.model.tie_embeddings = true;
-      cfg.schedule.name = "zb-v";
-    }
     cfg.train.steps = 1;
     cfg.train.grad_clip = 0;  // m = (1 - beta1) g exactly, no norm-dependent factor
     const std::string dir = (std::filesystem::temp_directory_path() / ("stp_test_cuda_grad_" + name)).string();
