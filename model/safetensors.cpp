@@ -97,11 +97,46 @@ int64_t numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
-// The data section's XXH3-64 as 16 lowercase hex digits.
-std::string data_checksum(const uint8_t* p, size_t n) {
+std::string hex64(XXH64_hash_t h) {
   char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(XXH3_64bits(p, n)));
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
+}
+
+// The data section's XXH3-64 (the kStDataChecksumKey of older files).
+std::string data_checksum(const uint8_t* p, size_t n) { return hex64(XXH3_64bits(p, n)); }
+
+// The kStChecksumKey value: XXH3-64 of the header's content, then the data section. The content
+// is length-prefixed so that no two headers encode alike: per tensor in name order "name|dtype|
+// rank|dims...|begin|end", then per metadata pair in key order "key|value", skipping the checksum
+// keys themselves. A file with no tensors and no metadata hashes its data alone.
+std::string file_checksum(const std::map<std::string, SafetensorsFile::Entry>& entries,
+                          const std::map<std::string, std::string>& metadata, const uint8_t* data,
+                          size_t n) {
+  std::string c;
+  const auto str = [&c](const std::string& s) { c += std::to_string(s.size()) + ':' + s; };
+  const auto num = [&c](auto v) { c += std::to_string(v) + ';'; };
+  for (const auto& [name, e] : entries) {
+    str(name);
+    str(st_dtype_name(e.dtype));
+    num(e.shape.size());
+    for (int64_t d : e.shape) num(d);
+    num(e.begin);
+    num(e.end);
+  }
+  for (const auto& [k, v] : metadata) {
+    if (k == kStChecksumKey || k == kStDataChecksumKey) continue;
+    str(k);
+    str(v);
+  }
+  XXH3_state_t* st = XXH3_createState();
+  if (!st) throw std::bad_alloc();
+  XXH3_64bits_reset(st);
+  XXH3_64bits_update(st, c.data(), c.size());
+  XXH3_64bits_update(st, data, n);
+  const XXH64_hash_t h = XXH3_64bits_digest(st);
+  XXH3_freeState(st);
+  return hex64(h);
 }
 
 void encode(const float* src, int64_t n, StDtype d, std::vector<uint8_t>& out) {
@@ -163,9 +198,11 @@ std::string write_atomic(const std::string& path, const std::vector<uint8_t>& by
 
 std::string safetensors_write(const std::string& path, const std::vector<StTensorIn>& tensors,
                               const std::map<std::string, std::string>& metadata) {
-  if (metadata.count(kStChecksumKey))
-    return "safetensors_write '" + path + "': metadata key '" + kStChecksumKey + "' is reserved for the checksum";
+  for (const char* key : {kStChecksumKey, kStDataChecksumKey})
+    if (metadata.count(key))
+      return "safetensors_write '" + path + "': metadata key '" + key + "' is reserved for the checksum";
   nlohmann::json header = nlohmann::json::object();
+  std::map<std::string, SafetensorsFile::Entry> entries;  // what the checksum covers
   std::vector<uint8_t> data;
   for (const StTensorIn& t : tensors) {
     if (t.name.empty() || t.name == "__metadata__" || header.contains(t.name))
@@ -177,9 +214,10 @@ std::string safetensors_write(const std::string& path, const std::vector<StTenso
     header[t.name] = {{"dtype", st_dtype_name(t.dtype)},
                       {"shape", t.shape},
                       {"data_offsets", {begin, uint64_t(data.size())}}};
+    entries[t.name] = {t.dtype, t.shape, begin, uint64_t(data.size())};
   }
   std::map<std::string, std::string> meta = metadata;
-  meta[kStChecksumKey] = data_checksum(data.data(), data.size());
+  meta[kStChecksumKey] = file_checksum(entries, metadata, data.data(), data.size());
   header["__metadata__"] = meta;
   std::string h;
   try {
@@ -222,12 +260,20 @@ std::string SafetensorsFile::open(const std::string& path, SafetensorsFile* out)
   f.data_start_ = 8 + n;
   std::string e = f.parse_header(std::string(f.bytes_.begin() + 8, f.bytes_.begin() + 8 + long(n)));
   if (!e.empty()) return "safetensors '" + path + "': " + e;
-  const auto sum = f.metadata_.find(kStChecksumKey);
-  if (sum != f.metadata_.end()) {
-    const std::string got = data_checksum(f.bytes_.data() + f.data_start_, f.bytes_.size() - f.data_start_);
+  const uint8_t* data = f.bytes_.data() + f.data_start_;
+  const size_t data_size = f.bytes_.size() - f.data_start_;
+  const auto mismatch = [&](const char* key, const std::string& stored, const std::string& got,
+                            const char* what) {
+    return "safetensors '" + path + "': checksum mismatch (" + key + " stored " + stored +
+           ", computed " + got + "): " + what + " changed after the file was written (damaged or edited)";
+  };
+  if (const auto sum = f.metadata_.find(kStChecksumKey); sum != f.metadata_.end()) {
+    const std::string got = file_checksum(f.entries_, f.metadata_, data, data_size);
     if (got != sum->second)
-      return "safetensors '" + path + "': data checksum mismatch (" + kStChecksumKey + " stored " + sum->second +
-             ", computed " + got + "): the tensor data changed after the file was written (damaged or edited)";
+      return mismatch(kStChecksumKey, sum->second, got, "the header's tensors or metadata or the tensor data");
+  } else if (const auto old = f.metadata_.find(kStDataChecksumKey); old != f.metadata_.end()) {
+    const std::string got = data_checksum(data, data_size);
+    if (got != old->second) return mismatch(kStDataChecksumKey, old->second, got, "the tensor data");
   }
   *out = std::move(f);
   return "";

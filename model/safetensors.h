@@ -12,11 +12,15 @@
 //   size, and offsets that tile the data section exactly (sorted, no gap, no overlap, nothing past
 //   the end: a truncated file is an error). Every error names the file and the tensor; a shape
 //   mismatch prints expected and found.
-// - Integrity: every file written here carries the XXH3-64 hash of its data section in
-//   __metadata__ under kStChecksumKey (16 lowercase hex digits). open() recomputes it and refuses
-//   the file on a mismatch, so a flipped bit or an overwritten range in the tensor data is an
-//   error rather than silently different weights. Files without the key (Hugging Face's, or ours
-//   from before it existed) are read as before; the key is reserved to the writer.
+// - Integrity: every file written here carries, in __metadata__ under kStChecksumKey (16
+//   lowercase hex digits), the XXH3-64 hash of the header's content followed by the data section.
+//   The header's content is its parsed form (each tensor's name, dtype, shape and offsets, each
+//   metadata pair but the checksum's own) in a fixed encoding, so whitespace and key order do not
+//   matter but every value does. open() recomputes it and refuses the file on a mismatch: a
+//   flipped bit in the tensor data, a BF16 <-> F16 dtype edit or a changed "step" is an error
+//   rather than silently different weights. Files written before the header was covered carry
+//   kStDataChecksumKey (the data section only) and are verified that way. Files with neither key
+//   (Hugging Face's) are read as before. Both keys are reserved to the writer.
 // - No exception leaves this API: errors are strings ("" = ok).
 #pragma once
 
@@ -39,8 +43,10 @@ struct StTensorIn {
   StDtype dtype = StDtype::F32;
 };
 
-// The __metadata__ key of the data section's checksum (see the contract above).
-inline constexpr const char* kStChecksumKey = "stp.data_xxh3_64";
+// The __metadata__ keys of the checksums (see the contract above): header content + data, and
+// the data-only form that older files carry (read, never written).
+inline constexpr const char* kStChecksumKey = "stp.xxh3_64";
+inline constexpr const char* kStDataChecksumKey = "stp.data_xxh3_64";
 
 std::string safetensors_write(const std::string& path, const std::vector<StTensorIn>& tensors,
                               const std::map<std::string, std::string>& metadata = {});

@@ -52,7 +52,7 @@ ManifestResult checkpoint_read_manifest(const std::string& root, int64_t step,
                                         const nlohmann::json& compat);
 
 // One rank's shard: named fp32 tensors in a safetensors file (model/safetensors.h: atomic write,
-// validated read, data checksum).
+// validated read, checksum over header content and data).
 struct ShardTensor {
   std::vector<int64_t> shape;
   std::vector<float> data;

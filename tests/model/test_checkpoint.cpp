@@ -1,14 +1,17 @@
 // test_checkpoint.cpp: safetensors reader/writer and Hugging Face export/import. Round trips are
 // exact in F32 and within the dtype's rounding in BF16/F16; damaged files (truncated, corrupt
-// header, bad offsets, wrong dtype or shape, changed data under the checksum) are errors that name
+// header, bad offsets, wrong dtype or shape, changed data or header under the checksum) are errors that name
 // the tensor or the file; export -> import
 // reproduces the logits bit for bit.
 #include <unistd.h>
+
+#include <xxhash.h>
 
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "model/hf_io.h"
@@ -48,6 +51,22 @@ void write_raw(const std::string& path, const std::string& header, size_t data_b
   b.insert(b.end(), header.begin(), header.end());
   b.resize(b.size() + data_bytes, 0);
   write_bytes(path, b);
+}
+
+// The header text of a file's bytes, and the file with its header replaced (length adjusted,
+// data section unchanged).
+std::string header_of(const std::vector<uint8_t>& b) {
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= uint64_t(b[size_t(i)]) << (8 * i);
+  return std::string(b.begin() + 8, b.begin() + 8 + long(n));
+}
+std::vector<uint8_t> with_header(const std::vector<uint8_t>& b, const std::string& h) {
+  const size_t old_end = 8 + header_of(b).size();
+  std::vector<uint8_t> out(8);
+  for (int i = 0; i < 8; ++i) out[size_t(i)] = uint8_t(uint64_t(h.size()) >> (8 * i));
+  out.insert(out.end(), h.begin(), h.end());
+  out.insert(out.end(), b.begin() + long(old_end), b.end());
+  return out;
 }
 
 std::string open_error(const std::string& path) {
@@ -195,17 +214,69 @@ TEST_CASE("safetensors: damaged files are errors that name the tensor", "[ckpt]"
       CHECK(e.find("checksum mismatch") != std::string::npos);
     }
   }
-  SECTION("the checksum is XXH3-64 of the data section (known answer: empty data)") {
+  SECTION("a header edit that leaves a valid layout fails the checksum, naming the file") {
+    // Each edit is structurally valid (the same file without its checksum opens), so only the
+    // hash over the header's content can catch it.
+    const std::string p = tmp.file("typed.safetensors");
+    REQUIRE(safetensors_write(p, {{"alpha", {3, 4}, a.data(), StDtype::BF16}, {"beta", {4}, b.data()}},
+                              {{"step", "3"}}) == "");
+    const std::vector<uint8_t> typed = read_bytes(p);
+    const nlohmann::json h = nlohmann::json::parse(header_of(typed));
+    nlohmann::json dtype = h, shape = h, step = h;
+    dtype["alpha"]["dtype"] = "F16";
+    shape["alpha"]["shape"] = {4, 3};
+    step["__metadata__"]["step"] = "4";
+    for (nlohmann::json edited : {dtype, shape, step}) {
+      INFO("edited header " << edited.dump());
+      const std::string q = tmp.file("edited.safetensors");
+      write_bytes(q, with_header(typed, edited.dump()));
+      const std::string e = open_error(q);
+      CHECK(e.find("edited.safetensors") != std::string::npos);
+      CHECK(e.find("checksum mismatch") != std::string::npos);
+      edited["__metadata__"].erase(kStChecksumKey);
+      write_bytes(q, with_header(typed, edited.dump()));
+      CHECK(open_error(q) == "");
+    }
+  }
+  SECTION("whitespace and key order in the header do not change the checksum") {
+    const nlohmann::json h = nlohmann::json::parse(header_of(bytes));
+    const std::string p = tmp.file("pretty.safetensors");
+    write_bytes(p, with_header(bytes, "\n  " + h.dump(4) + std::string(13, ' ')));
+    CHECK(open_error(p) == "");
+    std::string swapped = R"({"beta": )" + h["beta"].dump() + R"(, "__metadata__": )" +
+                          h["__metadata__"].dump() + R"(, "alpha": )" + h["alpha"].dump() + "}";
+    write_bytes(p, with_header(bytes, swapped));
+    CHECK(open_error(p) == "");
+  }
+  SECTION("an older file with the data-only checksum is verified on its data") {
+    const std::vector<uint8_t> zeros(8, 0);
+    char want[17];
+    std::snprintf(want, sizeof want, "%016llx", static_cast<unsigned long long>(XXH3_64bits(zeros.data(), 8)));
+    const std::string header = R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                   "__metadata__": {")" + std::string(kStDataChecksumKey) + R"(": ")" + want + R"("}})";
+    const std::string p = tmp.file("old.safetensors");
+    write_raw(p, header, 8);
+    CHECK(open_error(p) == "");
+    std::vector<uint8_t> flipped = read_bytes(p);
+    flipped.back() ^= 1;
+    write_bytes(p, flipped);
+    const std::string e = open_error(p);
+    CHECK(e.find("checksum mismatch") != std::string::npos);
+    CHECK(e.find(kStDataChecksumKey) != std::string::npos);
+  }
+  SECTION("a file with no tensors and no metadata hashes to XXH3-64 of empty input") {
     const std::string p = tmp.file("empty.safetensors");
     REQUIRE(safetensors_write(p, {}) == "");
     SafetensorsFile f;
     REQUIRE(SafetensorsFile::open(p, &f) == "");
     CHECK(f.metadata().at(kStChecksumKey) == "2d06800538d394c2");  // xxHash's published XXH3_64bits("")
   }
-  SECTION("the checksum key is reserved to the writer") {
-    const std::string e = safetensors_write(tmp.file("r.safetensors"), {{"a", {12}, a.data()}},
-                                            {{kStChecksumKey, "0000000000000000"}});
-    CHECK(e.find("reserved") != std::string::npos);
+  SECTION("the checksum keys are reserved to the writer") {
+    for (const char* key : {kStChecksumKey, kStDataChecksumKey}) {
+      const std::string e = safetensors_write(tmp.file("r.safetensors"), {{"a", {12}, a.data()}},
+                                              {{key, "0000000000000000"}});
+      CHECK(e.find("reserved") != std::string::npos);
+    }
   }
   SECTION("a file without a checksum (as other writers make them) is read as before") {
     const std::string p = tmp.file("plain.safetensors");
@@ -241,8 +312,9 @@ TEST_CASE("safetensors: damaged files are errors that name the tensor", "[ckpt]"
 // Fails if some damaged header makes open() throw, crash or read outside the file (run it under
 // scripts/sanitize.sh), or accepts a file whose tensors cannot then be read in full. 3000 random
 // edits of the header text and of the header-length field of a valid file; the data section is
-// left alone so that a mutation which removes the checksum key must still be caught by the
-// structural checks alone.
+// left alone. The checksum covers the header's content, so a mutation that keeps the checksum key
+// opens only if it changed nothing but layout (whitespace); one that removes the key must be
+// caught by the structural checks alone.
 TEST_CASE("safetensors: mutated headers open cleanly or fail with an error, never crash", "[ckpt][fuzz]") {
   TempDir tmp;
   const std::vector<float> a(6, 1.5f), b(3, -2.0f);
