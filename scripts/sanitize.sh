@@ -25,7 +25,15 @@ case "$MODE" in
     export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp}
     # The README job (150 steps on 4 ranks) runs past its 120 s limit at TSan's speed; the same
     # trainer and communicator run in every other mpi test.
-    set -- -E readme_stp "$@"
+    # A caller's own -E is merged with it (ctest keeps only the last -E it is given).
+    exclude=readme_stp args=()
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        -E|--exclude-regex) exclude="$exclude|${2:?sanitize.sh: $1 needs a regex}"; shift 2 ;;
+        *) args+=("$1"); shift ;;
+      esac
+    done
+    set -- -E "$exclude" ${args[@]+"${args[@]}"}
     ;;
   *) echo "sanitize.sh: unknown mode '$MODE' (address or thread)" >&2; exit 2 ;;
 esac
