@@ -8,8 +8,10 @@ cross-entropy, backward, clip_grad_norm_(1.0), AdamW(betas 0.9/0.95) -- on one m
 same (batch, seq), and prints one JSON line per config with both timings and the ratio
 stp-train tokens/s / PyTorch tokens/s.
 
-Usage: bench_cpu_model.py STP_JSONL [--threads 2] [--steps 7] [--tag TEXT]
-(--tag labels the thread environment the caller set: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS.)
+Usage: bench_cpu_model.py STP_JSONL [--threads 2] [--steps 7] [--tag TEXT] [--attn explicit|sdpa]
+(--tag labels the thread environment the caller set: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS.
+--attn sdpa uses F.scaled_dot_product_attention(is_causal=True), PyTorch >= 2.0's fused kernel;
+explicit is q@k^T, masked softmax, @v, the only choice on 1.13.)
 """
 import argparse
 import json
@@ -39,8 +41,9 @@ def rotate_half(x):
 
 
 class Block(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, sdpa):
         super().__init__()
+        self.sdpa = sdpa
         gpt = c["arch"] == "gpt"
         C, NH = c["hidden"], c["heads"]
         self.NH, self.NKV, self.HD = NH, c["kv_heads"] or NH, C // NH
@@ -66,9 +69,12 @@ class Block(nn.Module):
         if self.NKV != self.NH:
             k = k.repeat_interleave(self.NH // self.NKV, dim=1)
             v = v.repeat_interleave(self.NH // self.NKV, dim=1)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.HD))
-        att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, self.NH * self.HD)
+        if self.sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.HD))
+            y = att.masked_fill(mask, float("-inf")).softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(B, T, self.NH * self.HD)
         x = x + self.o(y)
         u = self.fc1(self.n2(x))
         if self.gpt:
@@ -80,13 +86,13 @@ class Block(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, sdpa):
         super().__init__()
         self.c = c
         C, V, T = c["hidden"], c["vocab"], c["seq"]
         self.wte = nn.Embedding(V, C)
         self.wpe = nn.Embedding(T, C) if c["arch"] == "gpt" else None
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c["layers"]))
+        self.blocks = nn.ModuleList(Block(c, sdpa) for _ in range(c["layers"]))
         self.norm = nn.LayerNorm(C, eps=1e-5) if c["arch"] == "gpt" else RMSNorm(C, 1e-6)
         self.head = nn.Linear(C, V, bias=False)
         for p in self.parameters():
@@ -112,9 +118,9 @@ class Model(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
 
-def bench(c, steps):
+def bench(c, steps, sdpa):
     torch.manual_seed(0)
-    m = Model(c)
+    m = Model(c, sdpa)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     B, T, V = c["batch"], c["seq"], c["vocab"]
     times = []
@@ -140,13 +146,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--attn", choices=("explicit", "sdpa"), default="explicit")
     a = ap.parse_args()
+    sdpa = a.attn == "sdpa"
+    if sdpa and not hasattr(F, "scaled_dot_product_attention"):
+        sys.exit(f"bench_cpu_model.py: --attn sdpa needs PyTorch >= 2.0, this is {torch.__version__}")
     torch.set_num_threads(a.threads)
     with open(a.stp_jsonl) as f:
         cases = [json.loads(l) for l in f if l.startswith("{")]
     for c in cases:
-        ms, tps, loss = bench(c, a.steps)
-        out = {"name": c["name"], "threads": a.threads, "torch": torch.__version__, "env": a.tag,
+        ms, tps, loss = bench(c, a.steps, sdpa)
+        out = {"name": c["name"], "threads": a.threads, "torch": torch.__version__, "env": a.tag, "attn": a.attn,
                "stp_step_ms": c["step_ms_median"], "torch_step_ms": round(ms, 3),
                "stp_tokens_per_s": c["tokens_per_s"], "torch_tokens_per_s": round(tps, 1),
                "ratio": round(c["tokens_per_s"] / tps, 3), "stp_loss": c["loss"],
