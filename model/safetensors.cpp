@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack: hashing never allocates
 #include <xxhash.h>
 
 namespace stp {
@@ -129,14 +130,12 @@ std::string file_checksum(const std::map<std::string, SafetensorsFile::Entry>& e
     str(k);
     str(v);
   }
-  XXH3_state_t* st = XXH3_createState();
-  if (!st) throw std::bad_alloc();
-  XXH3_64bits_reset(st);
-  XXH3_64bits_update(st, c.data(), c.size());
-  XXH3_64bits_update(st, data, n);
-  const XXH64_hash_t h = XXH3_64bits_digest(st);
-  XXH3_freeState(st);
-  return hex64(h);
+  XXH3_state_t st;
+  XXH3_INITSTATE(&st);
+  XXH3_64bits_reset(&st);
+  XXH3_64bits_update(&st, c.data(), c.size());
+  XXH3_64bits_update(&st, data, n);
+  return hex64(XXH3_64bits_digest(&st));
 }
 
 void encode(const float* src, int64_t n, StDtype d, std::vector<uint8_t>& out) {
