@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <thread>
 
+#include "runtime/core/clock.h"
+
 namespace stp {
 
 size_t dtype_size(DType t) {
@@ -109,13 +111,12 @@ std::string CommHandle::describe() const { return req_ ? req_->describe() : "(no
 
 CommStatus CommHandle::wait(double timeout_s) {
   if (!req_) return {};
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
+  const auto start = std::chrono::steady_clock::now();
   int spins = 0;
   auto sleep = std::chrono::microseconds(2);
   while (!req_->test()) {
     if (++spins < 64) continue;
-    const double waited = std::chrono::duration<double>(clock::now() - start).count();
+    const double waited = seconds_since(start);
     if (timeout_s > 0 && waited > timeout_s) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "%.1f", waited);

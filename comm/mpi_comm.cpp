@@ -41,6 +41,8 @@ CommCreateResult comm_create_mpi(const MpiSession&, const Topology&, bool, const
 #include <mutex>
 #include <thread>
 
+#include "runtime/core/clock.h"
+
 namespace stp {
 
 bool comm_mpi_available() { return true; }
@@ -526,7 +528,7 @@ std::string MpiCommunicator::diagnose(double wait_s) {
                   std::to_string(c.tp) + ", pp " + std::to_string(c.pp) + ", dp " + std::to_string(c.dp) + ")";
       }
     if (silent.empty()) return {};
-    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > wait_s) break;
+    if (seconds_since(t0) > wait_s) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   char buf[32];

@@ -108,9 +108,10 @@ std::string hex64(XXH64_hash_t h) {
 std::string data_checksum(const uint8_t* p, size_t n) { return hex64(XXH3_64bits(p, n)); }
 
 // The kStChecksumKey value: XXH3-64 of the header's content, then the data section. The content
-// is length-prefixed so that no two headers encode alike: per tensor in name order "name|dtype|
-// rank|dims...|begin|end", then per metadata pair in key order "key|value", skipping the checksum
-// keys themselves. A file with no tensors and no metadata hashes its data alone.
+// encodes every string as "<length>:<bytes>" and every number as "<decimal>;", so no two headers
+// encode alike: per tensor in name order its name, dtype, rank, dims, begin and end; then per
+// metadata pair in key order its key and value, skipping the checksum keys themselves. A file with
+// no tensors and no metadata hashes its data alone.
 std::string file_checksum(const std::map<std::string, SafetensorsFile::Entry>& entries,
                           const std::map<std::string, std::string>& metadata, const uint8_t* data,
                           size_t n) {
@@ -200,21 +201,21 @@ std::string safetensors_write(const std::string& path, const std::vector<StTenso
   for (const char* key : {kStChecksumKey, kStDataChecksumKey})
     if (metadata.count(key))
       return "safetensors_write '" + path + "': metadata key '" + key + "' is reserved for the checksum";
-  nlohmann::json header = nlohmann::json::object();
-  std::map<std::string, SafetensorsFile::Entry> entries;  // what the checksum covers
+  // The entries are both what the header says and what the checksum covers.
+  std::map<std::string, SafetensorsFile::Entry> entries;
   std::vector<uint8_t> data;
   for (const StTensorIn& t : tensors) {
-    if (t.name.empty() || t.name == "__metadata__" || header.contains(t.name))
+    if (t.name.empty() || t.name == "__metadata__" || entries.count(t.name))
       return "safetensors_write '" + path + "': invalid or duplicate tensor name '" + t.name + "'";
     if (!t.data && numel(t.shape) > 0)
       return "safetensors_write '" + path + "': tensor '" + t.name + "' has no data";
     const uint64_t begin = data.size();
     encode(t.data, numel(t.shape), t.dtype, data);
-    header[t.name] = {{"dtype", st_dtype_name(t.dtype)},
-                      {"shape", t.shape},
-                      {"data_offsets", {begin, uint64_t(data.size())}}};
     entries[t.name] = {t.dtype, t.shape, begin, uint64_t(data.size())};
   }
+  nlohmann::json header = nlohmann::json::object();
+  for (const auto& [name, e] : entries)
+    header[name] = {{"dtype", st_dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {e.begin, e.end}}};
   std::map<std::string, std::string> meta = metadata;
   meta[kStChecksumKey] = file_checksum(entries, metadata, data.data(), data.size());
   header["__metadata__"] = meta;

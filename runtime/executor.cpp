@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "runtime/core/clock.h"
+
 namespace stp {
 
 // ---- TensorStore ---------------------------------------------------------------------------------
@@ -59,8 +61,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
 
 }  // namespace
 
@@ -81,9 +81,9 @@ ExecResult Executor::run(const UnitProgram& prog, ExecBackend& backend, TensorSt
   last_grad_tag_ = -1;
   if (opts_.record) res.executed.reserve(prog.ops.size());
   for (int i = 0; i < int(prog.ops.size()) && res.ok(); ++i) {
-    const double start = since(t0);
+    const double start = seconds_since(t0);
     std::string err = step_op(prog, i, backend, store, res);
-    if (opts_.record) res.executed.push_back(ExecEvent{i, start, since(t0)});
+    if (opts_.record) res.executed.push_back(ExecEvent{i, start, seconds_since(t0)});
     comm_.progress();
     if (err.empty()) reap_sends(store, false, &err);
     if (!err.empty()) res.error = where(prog, i) + ": " + err;
@@ -104,7 +104,7 @@ ExecResult Executor::run(const UnitProgram& prog, ExecBackend& backend, TensorSt
                   " activation tensor(s) never freed, e.g. " + live.front();
   }
   res.peak_act_bytes = store.peak_bytes();
-  res.wall_s = since(t0);
+  res.wall_s = seconds_since(t0);
   return res;
 }
 
@@ -146,7 +146,7 @@ std::string Executor::do_compute(const Op& op, ExecBackend& backend, TensorStore
   }
   const Clock::time_point t0 = Clock::now();
   std::string err = backend.compute(op.stage, op.mb, op.unit, store);
-  res.compute_s += since(t0);
+  res.compute_s += seconds_since(t0);
   return err;
 }
 
@@ -192,7 +192,7 @@ std::string Executor::do_wait(const UnitProgram& prog, const Op& op, ExecResult&
     CommStatus st = h.wait(opts_.timeout_s);
     if (!st.ok()) return st.error;
   }
-  const double blocked = since(t0);
+  const double blocked = seconds_since(t0);
   res.exposed_comm_s += blocked;
   const CommGroup g = started.kind == OpKind::Send || started.kind == OpKind::Recv ? CommGroup::PP
                                                                                     : started.group;

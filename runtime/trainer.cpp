@@ -9,6 +9,7 @@
 
 #include "model/kernels/cpu/kernels.h"
 #include "runtime/checkpoint.h"
+#include "runtime/core/clock.h"
 #include "runtime/init_from.h"
 #include "runtime/optimizer.h"
 #include "scheduler/program.h"
@@ -19,7 +20,6 @@ namespace stp {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 double peak_rss_bytes() {
   struct rusage ru {};
@@ -202,7 +202,7 @@ std::string Trainer::step(StepReport* r, bool* fatal) {
   if (!(err = step_clip_and_lr(cfg_, r, fatal)).empty()) return err;
   update(s, float(r->clip_scale));
   if (!(err = step_gather_stats(comm_, my_stats(), cfg_.train.timeout_s, r)).empty()) return err;
-  r->step_time_s = since(t0);
+  r->step_time_s = seconds_since(t0);
   next_step_ = s + 1;
   return {};
 }

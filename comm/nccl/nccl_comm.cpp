@@ -34,6 +34,8 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/core/clock.h"
+
 namespace stp {
 
 namespace {
@@ -42,8 +44,6 @@ using Clock = std::chrono::steady_clock;
 constexpr std::chrono::seconds kAbortGrace(2);
 constexpr double kFinalizeWait_s = 30;  // non-blocking communicators: ncclCommFinalize at destruction
 constexpr double kHandleWait_s = 30;    // non-blocking split: the child's handle after the parent is done
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 ncclDataType_t nccl_dtype(DType t) {
   switch (t) {

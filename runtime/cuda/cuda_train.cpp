@@ -8,6 +8,7 @@
 #include "comm/nccl/nccl_comm.h"
 #include "model/kernels/cuda/check.h"
 #include "runtime/checkpoint.h"
+#include "runtime/core/clock.h"
 #include "runtime/cuda/cuda_device.h"
 #include "runtime/data.h"
 #include "runtime/grad_norm.h"
@@ -161,7 +162,7 @@ std::string CudaTrainer::step(StepReport* r, bool* fatal) {
   mine.exposed_dp_s = last_exec_.exposed_dp_s;
   mine.compute_s = last_exec_.compute_s;
   if (!(err = step_gather_stats(host_, mine, cfg_.train.timeout_s, r)).empty()) return err;
-  r->step_time_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  r->step_time_s = seconds_since(t0);
   next_step_ = s + 1;
   return {};
 }

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "runtime/core/config.h"
+#include "tests/fuzz_util.h"
 #include "tests/run_util.h"
 
 namespace fs = std::filesystem;
@@ -146,16 +147,7 @@ TEST_CASE("mutated config files never crash the loader", "[config][fuzz]") {
   const fs::path path = fs::temp_directory_path() / "stp_fuzz.yaml";
   for (int i = 0; i < 120; ++i) {
     std::string s = base;
-    const int edits = 1 + int(rng() % 6);
-    for (int e = 0; e < edits && !s.empty(); ++e) {
-      const size_t k = rng() % s.size();
-      const char c = alphabet[rng() % alphabet.size()];
-      switch (rng() % 3) {
-        case 0: s[k] = c; break;
-        case 1: s.insert(s.begin() + long(k), c); break;
-        default: s.erase(k, 1);
-      }
-    }
+    stp_test::mutate_text(s, rng, alphabet, 6);
     std::ofstream(path) << s;
     const RunResult r = run(std::string(STP_BINARY) + " --config " + path.string() + " --dry-run");
     INFO("mutation " << i << ":\n" << s << "\noutput: " << r.out);

@@ -17,6 +17,7 @@
 #include "model/hf_io.h"
 #include "model/safetensors.h"
 #include "model_test_util.h"
+#include "tests/fuzz_util.h"
 
 using namespace stp;
 using namespace stp::test;
@@ -44,29 +45,37 @@ void write_bytes(const std::string& path, const std::vector<uint8_t>& b) {
   out.write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
 }
 
-// A file with a hand-written header and `data_bytes` zero bytes of data.
-void write_raw(const std::string& path, const std::string& header, size_t data_bytes) {
-  std::vector<uint8_t> b(8);
-  for (int i = 0; i < 8; ++i) b[size_t(i)] = uint8_t(uint64_t(header.size()) >> (8 * i));
+// The file layout by hand, independently of the writer: an 8-byte little-endian header length
+// (`length`; a damaged file may state a wrong one), the header text, then the data section.
+uint64_t header_length(const std::vector<uint8_t>& file) {
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= uint64_t(file[size_t(i)]) << (8 * i);
+  return n;
+}
+std::vector<uint8_t> file_bytes(const std::string& header, const std::vector<uint8_t>& data, uint64_t length) {
+  std::vector<uint8_t> b;
+  b.reserve(8 + header.size() + data.size());
+  for (int i = 0; i < 8; ++i) b.push_back(uint8_t(length >> (8 * i)));
   b.insert(b.end(), header.begin(), header.end());
-  b.resize(b.size() + data_bytes, 0);
-  write_bytes(path, b);
+  b.insert(b.end(), data.begin(), data.end());
+  return b;
 }
 
-// The header text of a file's bytes, and the file with its header replaced (length adjusted,
-// data section unchanged).
-std::string header_of(const std::vector<uint8_t>& b) {
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= uint64_t(b[size_t(i)]) << (8 * i);
-  return std::string(b.begin() + 8, b.begin() + 8 + long(n));
+// A file with a hand-written header and `data_bytes` zero bytes of data.
+void write_raw(const std::string& path, const std::string& header, size_t data_bytes) {
+  write_bytes(path, file_bytes(header, std::vector<uint8_t>(data_bytes, 0), header.size()));
 }
-std::vector<uint8_t> with_header(const std::vector<uint8_t>& b, const std::string& h) {
-  const size_t old_end = 8 + header_of(b).size();
-  std::vector<uint8_t> out(8);
-  for (int i = 0; i < 8; ++i) out[size_t(i)] = uint8_t(uint64_t(h.size()) >> (8 * i));
-  out.insert(out.end(), h.begin(), h.end());
-  out.insert(out.end(), b.begin() + long(old_end), b.end());
-  return out;
+
+// The header text and the data section of a well-formed file's bytes, and the file with its
+// header replaced (length adjusted, data section unchanged).
+std::string header_of(const std::vector<uint8_t>& file) {
+  return std::string(file.begin() + 8, file.begin() + 8 + long(header_length(file)));
+}
+std::vector<uint8_t> data_of(const std::vector<uint8_t>& file) {
+  return std::vector<uint8_t>(file.begin() + 8 + long(header_length(file)), file.end());
+}
+std::vector<uint8_t> with_header(const std::vector<uint8_t>& file, const std::string& h) {
+  return file_bytes(h, data_of(file), h.size());
 }
 
 std::string open_error(const std::string& path) {
@@ -86,8 +95,7 @@ TEST_CASE("safetensors: F32 round trip is exact, layout follows the spec", "[ckp
   REQUIRE(safetensors_write(path, {{"a", {2, 3}, a.data()}, {"b.c", {2}, b.data()}},
                             {{"k", "v"}}) == "");
   const std::vector<uint8_t> bytes = read_bytes(path);
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= uint64_t(bytes[size_t(i)]) << (8 * i);
+  const uint64_t n = header_length(bytes);
   CHECK((8 + n) % 8 == 0);
   CHECK(bytes.size() == 8 + n + 4 * (6 + 2));
   CHECK(std::memcmp(bytes.data() + 8 + n, a.data(), 24) == 0);  // first tensor at offset 0
@@ -322,33 +330,18 @@ TEST_CASE("safetensors: mutated headers open cleanly or fail with an error, neve
   REQUIRE(safetensors_write(good, {{"alpha", {2, 3}, a.data(), StDtype::BF16}, {"beta", {3}, b.data()}},
                             {{"format", "pt"}}) == "");
   const std::vector<uint8_t> base = read_bytes(good);
-  uint64_t hlen = 0;
-  for (int i = 0; i < 8; ++i) hlen |= uint64_t(base[size_t(i)]) << (8 * i);
+  const std::string header = header_of(base);
+  const std::vector<uint8_t> data = data_of(base);
   const std::string alphabet = "{}[]\",:0123456789-.eE \\FBU";
   std::mt19937 rng(11);
   const std::string p = tmp.file("fuzz.safetensors");
   int opened = 0, refused = 0;
   for (int i = 0; i < 3000; ++i) {
-    std::vector<uint8_t> m = base;
-    std::string h(m.begin() + 8, m.begin() + 8 + long(hlen));
-    const std::vector<uint8_t> data(m.begin() + 8 + long(hlen), m.end());
-    const int edits = 1 + int(rng() % 4);
-    for (int e = 0; e < edits && !h.empty(); ++e) {
-      const size_t k = rng() % h.size();
-      const char c = alphabet[rng() % alphabet.size()];
-      switch (rng() % 3) {
-        case 0: h[k] = c; break;
-        case 1: h.insert(h.begin() + long(k), c); break;
-        default: h.erase(k, 1);
-      }
-    }
+    std::string h = header;
+    stp_test::mutate_text(h, rng, alphabet, 4);
     uint64_t n = h.size();
     if (rng() % 8 == 0) n += uint64_t(int64_t(rng() % 33) - 16);  // a wrong header length
-    m.assign(8, 0);
-    for (int j = 0; j < 8; ++j) m[size_t(j)] = uint8_t(n >> (8 * j));
-    m.insert(m.end(), h.begin(), h.end());
-    m.insert(m.end(), data.begin(), data.end());
-    write_bytes(p, m);
+    write_bytes(p, file_bytes(h, data, n));
     INFO("mutation " << i << ": header length " << n << ", header " << h);
     SafetensorsFile f;
     std::string err;
